@@ -1,0 +1,1 @@
+"""lunghelpers: helpers for the 2D lung segmentation notebooks."""
