@@ -326,9 +326,12 @@ def per_image_scores(targets, probabilities, threshold=0.5, names=None):
     probability > threshold; C = K > 1 softmax, each pixel gets the argmax class. `targets` is
     (N, H, W, 1) class ids (the package's masks) or one-hot (N, H, W, K).
 
-    Columns: iou, dice, precision, recall (foreground = any non-background class, i.e. any
-    lung), accuracy (pixels with the right class, background included), target_fraction and
-    predicted_fraction (share of foreground pixels), and for K > 1 dice_class1 .. dice_class{K-1}.
+    Columns: iou, dice, precision, recall, accuracy (pixels with the right class, background
+    included), target_fraction and predicted_fraction (share of foreground pixels). For a binary
+    model the foreground is the lung. For K > 1 classes iou, dice, precision and recall are the
+    mean over the foreground classes 1..K-1 of the per-class scores, the same quantity as the
+    training metrics, and the extra columns dice_class1 .. dice_class{K-1} give each class while
+    lung_iou and lung_dice score any lung against any lung (a left/right mix-up costs nothing there).
     The index is `names` when given (one per image), else 0..N-1, named "image".
     """
     targets = np.asarray(targets)
@@ -361,17 +364,23 @@ def per_image_scores(targets, probabilities, threshold=0.5, names=None):
     rows = []
     for target, predicted in zip(target_labels, predicted_labels):
         target_foreground, predicted_foreground = target > 0, predicted > 0
+        class_pairs = (
+            [(target_foreground, predicted_foreground)]
+            if n_classes == 1
+            else [(target == class_id, predicted == class_id) for class_id in range(1, n_classes)]
+        )
         row = {
-            "iou": iou(target_foreground, predicted_foreground),
-            "dice": dice(target_foreground, predicted_foreground),
-            "precision": precision(target_foreground, predicted_foreground),
-            "recall": recall(target_foreground, predicted_foreground),
-            "accuracy": float(np.mean(target == predicted)),
-            "target_fraction": float(target_foreground.mean()),
-            "predicted_fraction": float(predicted_foreground.mean()),
+            name: float(np.mean([score(*pair) for pair in class_pairs]))
+            for name, score in (("iou", iou), ("dice", dice), ("precision", precision), ("recall", recall))
         }
-        for class_id in range(1, n_classes):
-            row[f"dice_class{class_id}"] = dice(target == class_id, predicted == class_id)
+        row["accuracy"] = float(np.mean(target == predicted))
+        row["target_fraction"] = float(target_foreground.mean())
+        row["predicted_fraction"] = float(predicted_foreground.mean())
+        if n_classes > 1:
+            row["lung_iou"] = iou(target_foreground, predicted_foreground)
+            row["lung_dice"] = dice(target_foreground, predicted_foreground)
+            for class_id in range(1, n_classes):
+                row[f"dice_class{class_id}"] = dice(*class_pairs[class_id - 1])
         rows.append(row)
     index = pd.Index(names if names is not None else range(len(rows)), name="image")
     return pd.DataFrame(rows, index=index)

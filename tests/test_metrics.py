@@ -187,9 +187,11 @@ def test_per_image_scores_multiclass_with_class_ids_or_one_hot():
     assert from_ids.equals(from_one_hot)
     row = from_ids.loc[0]
     # Foreground (any lung) is predicted exactly; the classes differ at one pixel.
-    assert row["iou"] == 1.0 and row["dice"] == 1.0
+    assert row["lung_iou"] == 1.0 and row["lung_dice"] == 1.0
     assert row["dice_class1"] == pytest.approx(2 / 3)
     assert row["dice_class2"] == pytest.approx(4 / 5)
+    # The headline dice is the mean over the lung classes, like the training metric.
+    assert row["dice"] == pytest.approx((2 / 3 + 4 / 5) / 2)
     assert row["accuracy"] == pytest.approx(7 / 8)
     with pytest.raises(ValueError, match="do not match"):
         metrics.per_image_scores(np.zeros((1, 2, 4, 2)), probabilities)
