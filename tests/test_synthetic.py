@@ -1,0 +1,210 @@
+"""Tests for lunghelpers.synthetic: layout, values, anatomy, determinism and the command line."""
+
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from lunghelpers import data, synthetic
+
+
+def file_hashes(folder):
+    """SHA-256 of every file under a folder, keyed by relative path."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def ct_set(tmp_path_factory):
+    """Ten CT phantoms of 128 px."""
+    return synthetic.generate(
+        "ct", 10, tmp_path_factory.mktemp("ct") / "ct", size=128, seed=0, progress=False
+    )
+
+
+def test_ct_layout_and_types(ct_set):
+    image_dir, mask_dir = data.dataset_dirs(ct_set)
+    assert (image_dir.name, mask_dir.name) == ("2d_images", "2d_masks")
+    names = sorted(path.name for path in image_dir.iterdir())
+    assert names == sorted(path.name for path in mask_dir.iterdir())
+    assert names[0] == "ID_0000_Z_0000.tif" and len(names) == 10
+    image = cv2.imread(str(image_dir / names[0]), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(mask_dir / names[0]), cv2.IMREAD_UNCHANGED)
+    assert image.dtype == np.int16 and image.shape == (128, 128)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 128, 255}
+    assert json.loads((ct_set / "dataset.json").read_text())["count"] == 10
+
+
+def test_ct_anatomy(ct_set):
+    image_dir, mask_dir = data.dataset_dirs(ct_set)
+    field_of_view_values = set()
+    for image_path in sorted(image_dir.iterdir()):
+        image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED).astype(np.float32)
+        mask = cv2.imread(str(mask_dir / image_path.name), cv2.IMREAD_UNCHANGED)
+        columns = np.nonzero(mask == 128)[1], np.nonzero(mask == 255)[1]
+        assert (
+            columns[0].max() < columns[1].min()
+        )  # right lung wholly on the image's left, lungs apart
+        assert -950 < np.median(image[mask > 0]) < -700  # aerated lung in HU
+        assert 0.1 < np.mean(image > -200) < 0.8  # a body of soft tissue and bone
+        corner = image[0, 0]
+        if corner < -1500:
+            field_of_view_values.add(int(corner))
+        else:
+            assert -1100 < corner < -900  # air
+    assert field_of_view_values and field_of_view_values <= {-2048, -3024}
+
+
+def test_ct_loads_in_all_mask_modes(ct_set):
+    image_dir, mask_dir = data.dataset_dirs(ct_set)
+    _, binary, _ = data.load_pairs(image_dir, mask_dir, image_size=(64, 64), progress=False)
+    _, labels, _ = data.load_pairs(
+        image_dir, mask_dir, image_size=(64, 64), mask_mode="labels", progress=False
+    )
+    _, derived, _ = data.load_pairs(
+        image_dir, mask_dir, image_size=(64, 64), mask_mode="left_right", progress=False
+    )
+    assert set(np.unique(binary)) == {0, 1} and set(np.unique(labels)) == {0, 1, 2}
+    np.testing.assert_array_equal(binary, labels > 0)
+    np.testing.assert_array_equal(
+        derived, labels
+    )  # separate lungs: derived labels are the true ones
+
+
+def test_xray_layout_values_and_two_lungs(tmp_path):
+    folder = synthetic.generate("xray", 4, tmp_path / "xray", size=96, progress=False)
+    image_dir, mask_dir = data.dataset_dirs(folder)
+    assert (image_dir.name, mask_dir.name) == ("cxr", "masks")
+    for image_path in sorted(image_dir.glob("*.png")):
+        image = cv2.imread(str(image_path), cv2.IMREAD_UNCHANGED)
+        mask = cv2.imread(str(mask_dir / image_path.name), cv2.IMREAD_UNCHANGED)
+        assert image.dtype == np.uint8 and image.shape == (96, 96)
+        assert set(np.unique(mask)) == {0, 255}
+        count, _, stats, _ = cv2.connectedComponentsWithStats(
+            (mask > 0).astype(np.uint8), connectivity=8
+        )
+        assert count == 3  # background and two lung fields
+        assert image[mask > 0].mean() < image[mask == 0].mean()  # lungs are dark on an X-ray
+
+
+def test_xray_jpeg_masks_binarise_to_the_png_masks(tmp_path):
+    png = synthetic.generate("xray", 3, tmp_path / "png", size=128, seed=4, progress=False)
+    jpeg = synthetic.generate(
+        "xray", 3, tmp_path / "jpeg", size=128, seed=4, jpeg=True, progress=False
+    )
+    assert sorted(path.name for path in (jpeg / "masks").iterdir())[0] == "SYNCXR_0000.jpg"
+    noisy = cv2.imread(str(jpeg / "masks" / "SYNCXR_0000.jpg"), cv2.IMREAD_UNCHANGED)
+    assert np.unique(noisy).size > 2
+    _, clean_masks, _ = data.load_pairs(
+        *data.dataset_dirs(png), image_size=(128, 128), progress=False
+    )
+    _, jpeg_masks, _ = data.load_pairs(
+        *data.dataset_dirs(jpeg), image_size=(128, 128), progress=False
+    )
+    assert np.mean(clean_masks != jpeg_masks) < 0.005
+
+
+def test_same_seed_gives_identical_files_and_count_keeps_earlier_images(tmp_path):
+    first = synthetic.generate("ct", 3, tmp_path / "first", size=64, seed=7, progress=False)
+    again = synthetic.generate("ct", 3, tmp_path / "again", size=64, seed=7, progress=False)
+    longer = synthetic.generate("ct", 5, tmp_path / "longer", size=64, seed=7, progress=False)
+    other = synthetic.generate("ct", 3, tmp_path / "other", size=64, seed=8, progress=False)
+    first_hashes = file_hashes(first)
+    assert first_hashes == file_hashes(again)
+    longer_hashes = file_hashes(longer)
+    assert all(
+        longer_hashes[name] == digest
+        for name, digest in first_hashes.items()
+        if name.endswith(".tif")
+    )
+    other_hashes = file_hashes(other)
+    assert all(
+        other_hashes[name] != digest
+        for name, digest in first_hashes.items()
+        if name.endswith(".tif")
+    )
+
+
+def test_make_pair_is_deterministic_and_varied():
+    image, mask = synthetic.make_pair("xray", 0, 1, size=64)
+    same_image, same_mask = synthetic.make_pair("xray", 0, 1, size=64)
+    next_image, _ = synthetic.make_pair("xray", 0, 2, size=64)
+    np.testing.assert_array_equal(image, same_image)
+    np.testing.assert_array_equal(mask, same_mask)
+    assert not np.array_equal(image, next_image)
+
+
+def test_ensure_dataset_generates_once_and_never_mixes(tmp_path):
+    folder = synthetic.ensure_dataset("ct", root=tmp_path, count=2, size=64, seed=1, progress=False)
+    assert folder == tmp_path / "ct-n2-s64-seed1"
+    written = (folder / "dataset.json").stat().st_mtime_ns
+    assert (
+        synthetic.ensure_dataset("ct", root=tmp_path, count=2, size=64, seed=1, progress=False)
+        == folder
+    )
+    assert (folder / "dataset.json").stat().st_mtime_ns == written
+    assert (
+        synthetic.ensure_dataset("ct", root=tmp_path, count=3, size=64, seed=1, progress=False)
+        != folder
+    )
+    assert not list(tmp_path.glob(".*tmp*"))  # temporary folders were renamed or removed
+    with pytest.raises(data.DataError, match=r"holds a synthetic set with other settings"):
+        synthetic.generate("ct", 4, folder, size=64, seed=1, progress=False)
+    synthetic.generate("ct", 4, folder, size=64, seed=1, overwrite=True, progress=False)
+    assert len(list((folder / "2d_images").iterdir())) == 4
+
+
+def test_generate_refuses_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("keep me")
+    with pytest.raises(data.DataError, match=r"mine exists and is not a generated data set"):
+        synthetic.generate("ct", 2, tmp_path / "mine", size=64, overwrite=True, progress=False)
+    assert (tmp_path / "mine" / "thesis.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"kind": "mri"}, "kind must be one of"),
+        ({"count": 0}, "count must be a positive integer"),
+        ({"size": 32}, "size must be an integer of at least 64"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"jpeg": True}, "jpeg=True is only for kind='xray'"),
+    ],
+)
+def test_bad_settings(tmp_path, arguments, message):
+    settings = {"kind": "ct", "count": 2, "size": 64, "seed": 0, "jpeg": False} | arguments
+    with pytest.raises(ValueError, match=message):
+        synthetic.generate(out_dir=tmp_path / "out", progress=False, **settings)
+
+
+def test_command_line(tmp_path, capsys):
+    folder = synthetic.main(
+        [
+            "--kind",
+            "xray",
+            "--count",
+            "2",
+            "--out",
+            str(tmp_path / "cli"),
+            "--size",
+            "64",
+            "--seed",
+            "3",
+        ]
+    )
+    assert folder == tmp_path / "cli"
+    assert sorted(path.name for path in (folder / "cxr").iterdir()) == [
+        "SYNCXR_0000.png",
+        "SYNCXR_0001.png",
+    ]
+    assert "2 xray pairs in" in capsys.readouterr().out
+    expected, _ = synthetic.make_pair("xray", 3, 1, size=64)
+    np.testing.assert_array_equal(
+        cv2.imread(str(folder / "cxr" / "SYNCXR_0001.png"), cv2.IMREAD_UNCHANGED), expected
+    )
