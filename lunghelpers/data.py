@@ -367,7 +367,7 @@ class _PairReader:
             labels = binary_foreground(mask).astype(np.uint8)
         if not labels.any():
             self.empty_masks.append(name)
-        return image, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+        return image, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST_EXACT)
 
     def warn(self, mask_dir):
         """Emit one warning per kind of problem met, naming the files concerned."""

@@ -46,7 +46,7 @@ DEFAULT_SIZE = 512
 MINIMUM_SIZE = 64
 MARKER_FILE = "dataset.json"
 # Bump when the drawing code changes, so old folders are not taken for new ones.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 JPEG_QUALITY = 90
 AIR_HU = -1000.0
 # Constant values real scanners write outside their field of view, and how often each occurs.
@@ -132,10 +132,10 @@ def ct_slice(rng, size=DEFAULT_SIZE):
     scale = size / DEFAULT_SIZE
     rows, columns = np.ogrid[0:size, 0:size]
     level = rng.uniform()  # 0 = lung apex, 1 = lung base
-    lung_scale = 0.6 + 0.4 * np.sin(np.pi * level)
+    lung_scale = 0.75 + 0.25 * np.sin(np.pi * level)
     center_x = size / 2 + rng.uniform(-20, 20) * scale
     center_y = size / 2 + rng.uniform(-25, 10) * scale
-    body_width, body_height = rng.uniform(150, 200) * scale, rng.uniform(105, 140) * scale
+    body_width, body_height = rng.uniform(190, 235) * scale, rng.uniform(140, 175) * scale
     back = center_y + 0.9 * body_height
     texture = _smooth_noise(rng, size, 2 * scale)
     hu = np.full((size, size), AIR_HU, dtype=np.float32)
@@ -261,8 +261,8 @@ def ct_slice(rng, size=DEFAULT_SIZE):
         offset = chest_width * rng.uniform(0.42, 0.5)
         side_scale = lung_scale * rng.uniform(0.9, 1.1)
         half_axes = (
-            offset * rng.uniform(0.6, 0.85) * side_scale,
-            chest_height * rng.uniform(0.6, 0.8) * side_scale,
+            offset * rng.uniform(0.8, 1.0) * side_scale,
+            chest_height * rng.uniform(0.75, 0.95) * side_scale,
         )
         lung_center = (center_x + side * offset, center_y + chest_height * rng.uniform(-0.12, 0.05))
         outline = _outline(lung_center, half_axes, side * rng.uniform(0, 15), rng, 0.06)
@@ -557,8 +557,12 @@ def ensure_dataset(
     name = kind
     if (count, size, seed, jpeg) != (DEFAULT_COUNTS[kind], DEFAULT_SIZE, 0, False):
         name = f"{kind}-n{count}-s{size}-seed{seed}" + ("-jpeg" if jpeg else "")
+    folder = Path(root) / name
+    # A set written by an older version of this generator is replaced: it is ours to regenerate.
+    existing = _read_marker(folder) if folder.is_dir() else None
+    outdated = existing is not None and existing.get("version") != GENERATOR_VERSION
     return generate(
-        kind, count, Path(root) / name, size=size, seed=seed, jpeg=jpeg, progress=progress
+        kind, count, folder, size=size, seed=seed, jpeg=jpeg, overwrite=outdated, progress=progress
     )
 
 

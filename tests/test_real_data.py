@@ -56,7 +56,7 @@ def test_ct_follows_the_spec_recipe(ct_arrays):
             cv2.resize(scaled, (128, 128), interpolation=cv2.INTER_LANCZOS4), 0, 1
         )
         expected_mask = cv2.resize(
-            (mask / mask.max()).astype(np.int16), (128, 128), interpolation=cv2.INTER_NEAREST
+            (mask / mask.max()).astype(np.int16), (128, 128), interpolation=cv2.INTER_NEAREST_EXACT
         )
         np.testing.assert_allclose(images[index, :, :, 0], expected_image, atol=1e-6)
         np.testing.assert_array_equal(masks[index, :, :, 0], expected_mask)

@@ -208,3 +208,16 @@ def test_command_line(tmp_path, capsys):
     np.testing.assert_array_equal(
         cv2.imread(str(folder / "cxr" / "SYNCXR_0001.png"), cv2.IMREAD_UNCHANGED), expected
     )
+
+
+def test_ensure_dataset_replaces_a_set_from_an_older_generator(tmp_path):
+    folder = synthetic.ensure_dataset("ct", root=tmp_path, count=2, size=64, seed=1, progress=False)
+    marker = folder / "dataset.json"
+    settings = json.loads(marker.read_text())
+    stale_image = next((folder / "2d_images").iterdir())
+    stale_image.write_bytes(b"written by an older generator")
+    marker.write_text(json.dumps({**settings, "version": settings["version"] - 1}))
+    again = synthetic.ensure_dataset("ct", root=tmp_path, count=2, size=64, seed=1, progress=False)
+    assert again == folder
+    assert json.loads(marker.read_text())["version"] == synthetic.GENERATOR_VERSION
+    assert stale_image.read_bytes() != b"written by an older generator"
