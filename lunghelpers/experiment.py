@@ -180,8 +180,8 @@ class ExperimentConfig:
             f"normalisation {self.normalization!r}\n"
             f"model: {model}, {self.n_classes} output channel(s)\n"
             f"training: loss {self.loss!r}, {self.optimizer} at {self.learning_rate:g}, schedule "
-            f"{self.schedule!r}, batch {self.batch_size}, {self.epochs} epoch{'s' * (self.epochs != 1)}, augmentation "
-            f"{self.augment!r}, mixed precision {self.mixed_precision}"
+            f"{self.schedule!r}, batch {self.batch_size}, {self.epochs} epoch{'s' * (self.epochs != 1)}, "
+            f"augmentation {self.augment!r}, mixed precision {self.mixed_precision}"
         )
 
     def to_dict(self) -> dict:

@@ -33,6 +33,8 @@ ERROR_COLOURS = {
 OVERLAY_ALPHA = 0.45
 #: Columns of a history that are not curves of a metric.
 NON_METRIC_COLUMNS = ("epoch", "learning_rate", "seconds")
+#: Histories of at most this many epochs get their points marked in ``learning_curves``.
+SHORT_HISTORY_EPOCHS = 20
 
 
 def save_figure(figure, path, dpi=120):
@@ -175,16 +177,19 @@ def learning_curves(history, metrics=None, best_epoch=None):
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = _new_figure(rows, columns, cell_size=(4.0, 3.0))
+    # Points are marked on short histories, so a run of one or two epochs still shows its values.
+    marker = "o" if len(history) <= SHORT_HISTORY_EPOCHS else None
     for ax in axes.flat[len(panels):]:
         ax.remove()
     for ax, panel in zip(axes.flat, panels):
         if panel == "learning_rate":
-            ax.plot(epochs, history[panel], color="black")
+            ax.plot(epochs, history[panel], color="black", marker=marker)
             ax.set_yscale("log")
         else:
-            ax.plot(epochs, history[panel], label="training")
+            ax.plot(epochs, history[panel], label="training", marker=marker)
             if f"val_{panel}" in history:
-                ax.plot(epochs, history[f"val_{panel}"], linestyle="--", label="validation")
+                ax.plot(epochs, history[f"val_{panel}"], linestyle="--", label="validation",
+                        marker=marker)
             ax.legend()
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle=":", label="best epoch")
