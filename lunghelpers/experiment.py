@@ -75,6 +75,7 @@ class ExperimentConfig:
     depth: int = 4
     dropout_rate: float = 0.0
     batch_norm: bool = False
+    batch_norm_momentum: float = 0.99
     upsampling: str = "transpose"
     loss: str = "bce"
     augment: Any = "source"
@@ -293,6 +294,7 @@ def build_model(config: ExperimentConfig):
         depth=config.depth,
         dropout_rate=config.dropout_rate,
         batch_norm=config.batch_norm,
+        batch_norm_momentum=config.batch_norm_momentum,
         upsampling=config.upsampling,
         n_classes=config.n_classes,
     )

@@ -88,6 +88,7 @@ def unet(
     upsampling="transpose",
     n_classes=1,
     name=None,
+    batch_norm_momentum=0.99,
 ):
     """Build a configurable U-Net (the lab's model and the poster's).
 
@@ -111,6 +112,13 @@ def unet(
     2015). Every block gets it so that the effect of the one `dropout_rate` switch (lab task 1c)
     is spread over the whole network.
 
+    Batch normalisation keeps moving averages of each channel's mean and variance for inference,
+    updated every training step as `moving = momentum * moving + (1 - momentum) * batch`.
+    `batch_norm_momentum` is Keras's 0.99 by default; PyTorch's default corresponds to 0.9. With
+    0.99 the averages need several hundred steps to forget their initial values (0.99**300 is
+    about 0.05), so a run of only a few dozen steps (a tiny training set, a quick test) predicts
+    with statistics that do not describe its data; 0.9 settles within about 30 steps.
+
     Head: a 1x1 convolution to `n_classes` channels and a separate float32 `Activation`:
     sigmoid for `n_classes=1` (binary mask), softmax over the channels for `n_classes > 1`
     (background, patient's right lung, left lung).
@@ -129,6 +137,8 @@ def unet(
         raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}.")
     if not isinstance(n_classes, int) or n_classes < 1:
         raise ValueError(f"n_classes must be an integer >= 1, got {n_classes!r}.")
+    if not 0 < batch_norm_momentum < 1:
+        raise ValueError(f"batch_norm_momentum must be in (0, 1), got {batch_norm_momentum!r}.")
 
     def block(x, filters, prefix):
         for index in range(1, convs_per_level + 1):
@@ -136,7 +146,9 @@ def unet(
                 filters, 3, padding="same", use_bias=not batch_norm, name=f"{prefix}_conv_{index}"
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(name=f"{prefix}_bn_{index}")(x)
+                x = layers.BatchNormalization(
+                    momentum=batch_norm_momentum, name=f"{prefix}_bn_{index}"
+                )(x)
             x = layers.Activation("relu", name=f"{prefix}_relu_{index}")(x)
         if dropout_rate > 0:
             x = layers.SpatialDropout2D(dropout_rate, name=f"{prefix}_dropout")(x)

@@ -142,6 +142,14 @@ def test_unet_layers_follow_the_options():
     assert plain.get_layer("down_0_conv_1").use_bias is True
 
 
+def test_unet_batch_norm_momentum_reaches_every_normalisation_layer():
+    def momenta(model):
+        return {layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"}
+
+    assert momenta(models.unet((32, 32, 1), depth=2, batch_norm=True)) == {0.99}
+    assert momenta(models.unet((32, 32, 1), depth=2, batch_norm=True, batch_norm_momentum=0.9)) == {0.9}
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -154,6 +162,7 @@ def test_unet_layers_follow_the_options():
         (dict(input_shape=(64, 64, 1), dropout_rate=-0.1), "dropout_rate"),
         (dict(input_shape=(64, 64, 1), upsampling="nearest"), "upsampling"),
         (dict(input_shape=(64, 64, 1), n_classes=0), "n_classes"),
+        (dict(input_shape=(64, 64, 1), batch_norm=True, batch_norm_momentum=1.0), "batch_norm_momentum"),
     ],
 )
 def test_unet_validates_its_arguments(options, message):
