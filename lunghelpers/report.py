@@ -144,8 +144,11 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
 
 
 def resolve_data_dir(data_root: str | Path, dataset: str) -> Path:
-    """The data folder of ``dataset`` under ``data_root``: the root itself or its known sub-folder."""
-    root = Path(data_root).expanduser()
+    """The data folder of ``dataset`` under ``data_root``: the root itself or its known sub-folder.
+
+    The path is made absolute: the notebooks run in ``notebooks/``, not where the command was typed.
+    """
+    root = Path(data_root).expanduser().resolve()
     if not root.is_dir():
         raise ExperimentFileError(f"--data-root {root} is not a folder")
     marker_folders = {"ct": "2d_images", "xray": "cxr"}
@@ -161,8 +164,8 @@ def resolve_data_dir(data_root: str | Path, dataset: str) -> Path:
 
 
 def new_report_dir(name: str, root: Path | None = None) -> Path:
-    """Create ``reports/<name>-<timestamp>/``; never reuses an existing folder."""
-    root = Path(root) if root is not None else paths.REPORTS_ROOT
+    """Create ``reports/<name>-<timestamp>/`` (an absolute path); never reuses an existing folder."""
+    root = (Path(root) if root is not None else paths.REPORTS_ROOT).resolve()
     root.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for attempt in range(1000):
