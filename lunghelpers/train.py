@@ -42,9 +42,10 @@ DEFAULT_LEARNING_RATE = 1e-3
 def set_precision(mixed_precision=False):
     """Set Keras's global dtype policy and return its name.
 
-    Mixed precision computes layers in 16-bit floats while keeping the weights in float32; on
-    this CPU ``mixed_bfloat16`` trains about 1.7x faster. The models of ``lunghelpers.models``
-    keep their final activation in float32, so probabilities and losses stay accurate.
+    Mixed precision computes layers in 16-bit floats while keeping the weights in float32; on a
+    CPU with bf16 support ``mixed_bfloat16`` trains 1.7-3x faster (``benchmarks/bench_training.py``).
+    The models of ``lunghelpers.models`` keep their final activation in float32, so probabilities
+    and losses stay accurate.
     Call this *before* building the model: a layer takes the policy that is global when it is
     created. Leave it off (the default) when reproducing the SPEC's numbers.
 
