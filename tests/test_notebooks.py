@@ -156,6 +156,13 @@ def test_notebook_names_the_python3_kernel(path):
     assert kernelspec["language"] == "python"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_papermill_sees_every_parameter(path):
+    """papermill skips a parameter line holding more than one '=' (even in its comment), so it could not list it."""
+    seen = set(papermill.inspect_notebook(str(path)))
+    assert seen == set(parameter_defaults(path))
+
+
 @pytest.mark.parametrize("experiment_file", EXPERIMENT_FILES, ids=lambda path: path.name)
 def test_notebooks_define_every_parameter_of_the_experiment_file(experiment_file):
     for notebook, names in experiment_parameters(experiment_file).items():
