@@ -66,6 +66,13 @@ SUMMARY_PARAMETERS = (
     "TRAIN_NOISE_FRACTION",
     "VAL_NOISE_FRACTION",
 )
+#: What a quick-scale report says above its table, so nobody takes its numbers for results.
+QUICK_SCALE_NOTE = (
+    "<p class='quick'><b>Quick scale:</b> every run trains a few epochs on a few dozen small images, so that "
+    "the whole report finishes in minutes on a CPU. It shows that each notebook runs and what it writes; its "
+    "scores are far from what the recipes reach and must not be compared with the source's figures. Use "
+    "<code>--scale full</code> for results.</p>"
+)
 #: Folder names of the real sets under ``--data-root`` (the layout of ``../shared/data``).
 DATA_SUBDIRS = {"ct": ("kaggle_ct2d", "ct"), "xray": ("xray", "cxr")}
 
@@ -295,6 +302,7 @@ def write_report(header: dict, results: list, report_dir: Path, scale: str, comm
         "<p>Numbers come from each run's <code>metrics.json</code>. Dice, IoU, precision and recall are foreground "
         "(lung) scores at threshold 0.5 unless a column says otherwise; CPU runs are reproducible with the same seed, "
         "other hardware may differ in the last digits.</p>",
+        QUICK_SCALE_NOTE if scale == "quick" else "",
         "<h2>Final metrics</h2>",
         table.to_html(index=False, float_format=lambda value: f"{value:.4f}", na_rep="", border=0)
         .replace("<td>failed</td>", "<td class='failed'>failed</td>"),

@@ -276,6 +276,7 @@ def test_report_records_a_failed_run_and_never_overwrites(tmp_path):
     assert "<td>good</td>" in page and "<td>broken</td>" in page
     assert "<td class='failed'>failed</td>" in page
     assert "Unknown loss name" in page  # the notebook's error, in the failure section
+    assert report.QUICK_SCALE_NOTE in page  # quick-scale numbers are flagged as no results
     summary = pd.read_csv(first_index.parent / "summary.csv").set_index("run")
     assert summary.loc["good", "status"] == "ok" and summary.loc["broken", "status"] == "failed"
     good_metrics = train.read_json(first_index.parent / "runs" / "good" / "metrics.json")
