@@ -225,6 +225,22 @@ def test_training_notebook_writes_the_run_folder(trained_run):
     assert (run_dir / "figures" / "learning_curves.png").stat().st_size > 0
 
 
+def test_training_notebook_trains_exactly_as_train_experiment(trained_run, tmp_path):
+    """Notebook 05 and ``experiment.train_experiment`` (which 06 and 07 use to train a missing run) agree.
+
+    The same parameters must give the same model whichever way the run was trained, so nothing the
+    notebook does for the student (such as showing a batch) may change the training stream.
+    """
+    _, run_dir, _ = trained_run
+    recorded = train.read_json(run_dir / "params.json")["params"]
+    recorded.pop("n_classes")
+    config = experiment.ExperimentConfig(**{**recorded, "run_dir": str(tmp_path / "again")})
+    experiment.train_experiment(config, verbose=0)
+    by_notebook = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
+    by_function = pd.read_csv(tmp_path / "again" / "history.csv").drop(columns="seconds")
+    pd.testing.assert_frame_equal(by_notebook, by_function)
+
+
 def test_evaluation_notebook_scores_the_run_without_training_again(trained_run, tmp_path):
     parameters, run_dir, metrics_after_training = trained_run
     model_bytes = (run_dir / "model.keras").read_bytes()
