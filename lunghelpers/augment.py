@@ -31,6 +31,8 @@ LEFT_RIGHT_LUNG_LABELS = (1, 2)
 """Mask ids of the patient's right lung (1) and left lung (2), swapped by a horizontal flip."""
 
 FILL_MODES = ("constant", "nearest", "reflect")
+# Epochs of a repeated stream, and the step between the shuffle seeds of two base seeds.
+EPOCH_SEED_STRIDE = 2**20
 
 
 def _as_range(name, value, low, high):
@@ -381,9 +383,10 @@ def _targets(masks, n_classes):
 def augment_dataset(dataset, config=None, seed=220, n_classes=1):
     """Augment a *batched* dataset of (images, masks) and turn masks into model targets.
 
-    Each batch gets its own seed pair (``seed``, a number from ``tf.data.Dataset.random(seed)``
-    that changes on every pass over the data), so the whole stream is reproducible and a finite
-    dataset is augmented differently in each epoch. Images are converted to float32 with
+    Each batch gets its own seed pair (``seed``, a number from ``tf.data.Dataset.random(seed)``),
+    so the whole stream is reproducible. A finite dataset is iterated anew each epoch and draws new
+    numbers on every pass, so it is augmented differently in each epoch; an infinite one (a
+    repeated training stream) is a single pass, and every iterator of it gets the same draws. Images are converted to float32 with
     ``tf.image.convert_image_dtype`` (uint8 is scaled by 1/255, float16 just cast), which lets an
     on-disk uint8/float16 cache feed this function directly. Targets: float32 {0, 1} when
     ``n_classes == 1`` (every non-zero id is foreground, so left/right labels binarise to "lung"),
@@ -405,10 +408,35 @@ def augment_dataset(dataset, config=None, seed=220, n_classes=1):
 
     if not (config.is_geometric or config.is_intensity):
         return dataset.map(to_model_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    infinite = dataset.cardinality() == tf.data.INFINITE_CARDINALITY
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=not infinite)
     return tf.data.Dataset.zip(dataset, batch_seeds).map(
         augment_with_seed, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+
+
+def shuffle_and_repeat(dataset, buffer_size, seed=220, shuffle=True, repeat=True):
+    """Shuffle ``dataset`` (seeded) and/or repeat it forever, for a training stream.
+
+    Repeated and shuffled, epoch ``e`` is shuffled with a seed made of ``seed`` and ``e`` alone,
+    so every iterator of the result yields the same stream: looking at a batch before
+    ``model.fit`` (``next(iter(dataset))``) does not change what training sees. (A plain
+    ``shuffle(reshuffle_each_iteration=True).repeat()`` draws new orders for every iterator.)
+    Shuffled but not repeated, each pass (epoch) is reshuffled, reproducibly from ``seed``.
+    """
+    if shuffle and repeat:
+        def epoch_order(epoch):
+            return dataset.shuffle(
+                buffer_size, seed=seed * EPOCH_SEED_STRIDE + epoch, reshuffle_each_iteration=False
+            )
+
+        epochs = tf.data.Dataset.range(EPOCH_SEED_STRIDE)
+        return epochs.flat_map(epoch_order).apply(
+            tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)
+        )
+    if shuffle:
+        return dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+    return dataset.repeat() if repeat else dataset
 
 
 def make_dataset(
@@ -428,7 +456,7 @@ def make_dataset(
     ``images`` (N, H, W, C) and ``masks`` (N, H, W, 1) as NumPy arrays, or ``images`` a
     ``tf.data.Dataset`` of single (image, mask) pairs (for example an on-disk cache) and
     ``masks=None``. Steps: shuffle (buffer = the whole set unless ``shuffle_buffer`` says
-    otherwise; seeded and reshuffled each epoch), repeat, batch, then :func:`augment_dataset`
+    otherwise; seeded and reshuffled each epoch) and repeat (:func:`shuffle_and_repeat`), batch, then :func:`augment_dataset`
     (one vectorised map per batch, parallel and deterministic; targets float32 or one-hot) and
     prefetch. ``augment`` is anything :func:`get_config` accepts. The same ``seed`` gives the
     same stream of batches.
@@ -461,17 +489,14 @@ def make_dataset(
             )
         dataset = tf.data.Dataset.from_tensor_slices((images, masks))
         size = len(images)
-    if shuffle:
-        if shuffle_buffer is None:
-            if size < 1:
-                raise ValueError(
-                    "shuffle_buffer is needed: the dataset's size is unknown, "
-                    "so it cannot default to the whole set"
-                )
-            shuffle_buffer = size
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    if shuffle and shuffle_buffer is None:
+        if size < 1:
+            raise ValueError(
+                "shuffle_buffer is needed: the dataset's size is unknown, "
+                "so it cannot default to the whole set"
+            )
+        shuffle_buffer = size
+    dataset = shuffle_and_repeat(dataset, shuffle_buffer, seed=seed, shuffle=shuffle, repeat=repeat)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = augment_dataset(dataset, augment, seed=seed, n_classes=int(n_classes))
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -643,8 +643,8 @@ def cache_dataset(
     """Return a tf.data.Dataset of (images, targets) batches read from a cache's memory maps.
 
     ``indices`` picks the slices (e.g. one part of split_indices(n, (0.8, 0.2), shuffle=True));
-    default all. The *indices* are shuffled (seeded, reshuffled each epoch), repeated and batched;
-    then each batch is gathered from the memory maps, so only the batches in flight are in memory
+    default all. The *indices* are shuffled (seeded, reshuffled each epoch) and repeated with
+    lunghelpers.augment.shuffle_and_repeat, then batched, and each batch is gathered from the memory maps, so only the batches in flight are in memory
     (shuffling decoded images instead would hold the whole set in the shuffle buffer). The
     batches go through lunghelpers.augment.augment_dataset, which converts images to float32
     (B, H, W, 1) in [0, 1], applies ``augment`` (anything augment.get_config accepts: None, a
@@ -678,11 +678,9 @@ def cache_dataset(
         batch_masks.set_shape([None, height, width, 1])
         return batch_images, batch_masks
 
-    dataset = tf.data.Dataset.from_tensor_slices(indices)
-    if shuffle:
-        dataset = dataset.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    dataset = augmentation.shuffle_and_repeat(
+        tf.data.Dataset.from_tensor_slices(indices), len(indices), seed=seed, shuffle=shuffle, repeat=repeat
+    )
     dataset = dataset.batch(batch_size).map(load_batch)
     dataset = augmentation.augment_dataset(dataset, augment, seed=seed, n_classes=n_classes)
     return dataset.prefetch(tf.data.AUTOTUNE)

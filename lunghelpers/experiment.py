@@ -227,6 +227,14 @@ def data_folders(config: ExperimentConfig) -> tuple[Path, Path]:
     return data.dataset_dirs(root, kind=config.dataset)
 
 
+def count_pairs(config: ExperimentConfig) -> int:
+    """How many image/mask pairs ``config`` loads: the pairs in its data folders, at most ``limit``."""
+    from lunghelpers import data
+
+    n_pairs = len(data.find_pairs(*data_folders(config)))
+    return n_pairs if config.limit is None else min(config.limit, n_pairs)
+
+
 def prepare_data(config: ExperimentConfig, progress: bool = True) -> Splits:
     """Load, normalise and split the data as ``config`` says.
 

@@ -270,6 +270,19 @@ def test_make_dataset_is_reproducible_and_seed_dependent():
     assert not np.array_equal(first[0][0], other[0][0])
 
 
+def test_every_iterator_of_a_repeated_stream_yields_the_same_batches():
+    """Looking at a batch before training (a new iterator) must not change the stream training sees."""
+    masks = blob_masks(6, 16, seed=13)
+    images = np.random.default_rng(6).random(masks.shape, dtype=np.float32)
+    dataset = augment.make_dataset(images, masks, 4, augment="lab", seed=2)
+    first, second = batches(dataset, 6), batches(dataset, 6)  # four epochs of 6 images, twice
+    for (a_images, a_targets), (b_images, b_targets) in zip(first, second):
+        np.testing.assert_array_equal(a_images, b_images)
+        np.testing.assert_array_equal(a_targets, b_targets)
+    # Within the stream, epochs are still shuffled and augmented anew: batches 0 and 3 both start an epoch.
+    assert not np.array_equal(first[0][0], first[3][0])
+
+
 def test_finite_dataset_gets_new_draws_each_epoch_but_the_same_sequence_each_build():
     masks = blob_masks(4, 16, seed=11)
     images = masks.astype(np.float32)

@@ -1,6 +1,7 @@
 """Tests of lunghelpers.experiment's helpers for notebooks that train several runs.
 
 - ``variant`` puts a run of a comparison in a sub-folder of the configuration's run folder.
+- ``count_pairs`` counts the pairs a configuration loads (at most ``limit``).
 - ``train_or_reuse`` reuses a finished run with the same parameters, refuses one with other
   parameters (naming them), trains when there is none, and trains anew with ``overwrite``.
 """
@@ -71,3 +72,12 @@ def test_train_or_reuse_trains_then_reuses_then_overwrites(tmp_path):
     moved_aside = [path.name for path in config.run_path.parent.iterdir() if path.name.startswith("tiny.old-")]
     assert len(moved_aside) == 1
     assert (config.run_path / "metrics.json").exists()
+
+
+def test_count_pairs_counts_the_pairs_a_configuration_loads(tmp_path):
+    data_dir = synthetic.generate("ct", 6, tmp_path / "data", size=64, progress=False)
+    counts = {
+        limit: experiment.count_pairs(experiment.ExperimentConfig(data_dir=str(data_dir), limit=limit))
+        for limit in (None, 4, 10)
+    }
+    assert counts == {None: 6, 4: 4, 10: 6}
