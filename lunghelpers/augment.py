@@ -31,8 +31,6 @@ LEFT_RIGHT_LUNG_LABELS = (1, 2)
 """Mask ids of the patient's right lung (1) and left lung (2), swapped by a horizontal flip."""
 
 FILL_MODES = ("constant", "nearest", "reflect")
-# Epochs of a repeated stream, and the step between the shuffle seeds of two base seeds.
-EPOCH_SEED_STRIDE = 2**20
 
 
 def _as_range(name, value, low, high):
@@ -416,22 +414,20 @@ def augment_dataset(dataset, config=None, seed=220, n_classes=1):
 
 
 def shuffle_and_repeat(dataset, buffer_size, seed=220, shuffle=True, repeat=True):
-    """Shuffle ``dataset`` (seeded) and/or repeat it forever, for a training stream.
+    """Shuffle ``dataset`` (seeded, a new order each epoch) and/or repeat it forever.
 
-    Repeated and shuffled, epoch ``e`` is shuffled with a seed made of ``seed`` and ``e`` alone,
-    so every iterator of the result yields the same stream: looking at a batch before
-    ``model.fit`` (``next(iter(dataset))``) does not change what training sees. (A plain
-    ``shuffle(reshuffle_each_iteration=True).repeat()`` draws new orders for every iterator.)
+    Repeated and shuffled, every iterator of the result yields the same stream, so looking at a
+    batch before ``model.fit`` (``next(iter(dataset))``) does not change what training sees. A
+    plain ``shuffle(seed=..., reshuffle_each_iteration=True).repeat()`` does not: its seed
+    generator is made once with the dataset and shared, so each new iterator continues its
+    sequence of orders. Built inside ``flat_map``, the shuffle gets a fresh generator per iterator.
     Shuffled but not repeated, each pass (epoch) is reshuffled, reproducibly from ``seed``.
     """
     if shuffle and repeat:
-        def epoch_order(epoch):
-            return dataset.shuffle(
-                buffer_size, seed=seed * EPOCH_SEED_STRIDE + epoch, reshuffle_each_iteration=False
-            )
+        def stream(_):
+            return dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True).repeat()
 
-        epochs = tf.data.Dataset.range(EPOCH_SEED_STRIDE)
-        return epochs.flat_map(epoch_order).apply(
+        return tf.data.Dataset.range(1).flat_map(stream).apply(
             tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY)
         )
     if shuffle:
