@@ -68,8 +68,8 @@ SUMMARY_PARAMETERS = (
 )
 #: What a quick-scale report says above its table, so nobody takes its numbers for results.
 QUICK_SCALE_NOTE = (
-    "<p class='quick'><b>Quick scale:</b> every run trains a few epochs on a few dozen small images, so that "
-    "the whole report finishes in minutes on a CPU. It shows that each notebook runs and what it writes; its "
+    "<p class='quick'><b>Quick scale:</b> every run trains a few epochs on small images (often on only part "
+    "of the set), so that the whole report finishes in minutes on a CPU. It shows that each notebook runs and what it writes; its "
     "scores are far from what the recipes reach and must not be compared with the source's figures. Use "
     "<code>--scale full</code> for results.</p>"
 )
