@@ -1,23 +1,23 @@
-"""One experiment from notebook parameters to a finished run folder.
+"""One experiment, from a lesson's parameters to a finished run folder.
 
-The notebooks keep their hyperparameters as plain names in a ``parameters`` cell so papermill can
-override them. They collect those names into an :class:`ExperimentConfig` and call the steps
-below, so the training notebook, the evaluation notebook and the report all load, split and
-build things the same way: same seed, same split, same numbers.
+The training notebook (``notebooks/05_training.ipynb``) is the kit's one training path: its cells
+compile the model, list the callbacks and call ``model.fit``. Its ``parameters`` cell holds the
+defaults of every run (the CT assignment's recipe); :class:`ExperimentConfig` reads them from
+there, so they are written once. Everything that needs a trained run executes that notebook:
 
-The steps, in the order a notebook shows them:
-
-1. :func:`prepare_data` reads the image/mask pairs and splits them (plus the poster's noise and
-   training-set size options).
-2. :func:`build_model` builds the U-Net the configuration names.
-3. :func:`make_datasets` turns the arrays into ``tf.data`` pipelines (augmentation on training only).
-4. :func:`train_experiment` does 1-3, trains, evaluates on the held-out split and writes the run
-   folder; :func:`ensure_run` reuses a finished run folder instead of training again.
+1. :func:`prepare_data` reads the image/mask pairs and splits them (plus the robustness study's
+   noise and training-set size options); :func:`build_model` builds the U-Net the configuration
+   names; :func:`make_datasets` turns the arrays into ``tf.data`` pipelines.
+2. :func:`ensure_run` returns a finished run folder, executing the training notebook with
+   papermill when it holds none; :func:`load_config` rebuilds a run's configuration from its
+   ``params.json``, so the evaluation notebooks rebuild exactly the run's split.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -43,58 +43,99 @@ def quick_mode() -> bool:
     return os.environ.get("LUNGHELPERS_QUICK", "0").strip().lower() in ("1", "true", "yes")
 
 
+#: The lesson whose ``parameters`` cell defines every run's defaults, and the run's default name.
+TRAINING_NOTEBOOK = "05_training.ipynb"
+
+
+def notebook_parameters(notebook: str = TRAINING_NOTEBOOK) -> dict:
+    """The literal assignments of a lesson's ``parameters`` cell, as ``{"EPOCHS": 40, ...}``.
+
+    Lines whose value is not a literal (``QUICK = experiment.quick_mode()``) are left out.
+    """
+    path = paths.NOTEBOOKS_ROOT / notebook
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise ValueError(f"{path} has no cell tagged 'parameters'")
+    values = {}
+    for node in ast.parse("".join(cell["source"])).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return values
+
+
+_DEFAULTS = {name.lower(): value for name, value in notebook_parameters().items()}
+
+
+def _default(name):
+    value = _DEFAULTS[name]
+    return field(default_factory=lambda: value) if isinstance(value, (list, dict)) else field(default=value)
+
+
 @dataclass
 class ExperimentConfig:
-    """Every knob of one training run, with the CT assignment's source defaults.
+    """Every knob of one training run; the defaults are the training notebook's ``parameters`` cell.
 
-    Field names are the notebooks' parameter names in lower case. ``data_dir=None`` means the
+    Field names are the notebook's parameter names in lower case. ``data_dir=None`` means the
     embedded synthetic data of kind ``dataset`` (generated on first use).
     """
 
-    name: str = "ct-assignment"
-    dataset: str = "ct"
-    data_dir: str | None = None
-    image_size: int | tuple[int, int] = 128
-    split: tuple[float, ...] = (0.6, 0.2, 0.2)
-    shuffle_split: bool = False
-    seed: int = 220
-    limit: int | None = None
-    mask_mode: str = "binary"
-    normalization: str = "minmax"
-    batch_size: int = 16
-    epochs: int = 40
-    steps_per_epoch: int | None = None
-    learning_rate: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float | None = None
-    momentum: float | None = None
-    clipnorm: float | None = None
-    schedule: str = "source"
-    model: str = "simple_unet"
-    base_filters: int = 8
-    depth: int = 4
-    dropout_rate: float = 0.0
-    batch_norm: bool = False
-    batch_norm_momentum: float = 0.99
-    upsampling: str = "transpose"
-    loss: str = "bce"
-    augment: Any = "source"
-    train_size: int | None = None
-    train_noise_fraction: float = 0.0
-    val_noise_fraction: float = 0.0
-    noise_sigma: float | None = None
-    mixed_precision: bool | str = False
-    threshold: float = 0.5
-    run_dir: str | None = None
-    overwrite: bool = False
-    resume: bool = False
-    extra: dict = field(default_factory=dict)
+    name: str = _default("name")
+    run_dir: str | None = _default("run_dir")
+    dataset: str = _default("dataset")
+    data_dir: str | None = _default("data_dir")
+    image_size: int | tuple[int, int] = _default("image_size")
+    split: tuple[float, ...] = _default("split")
+    shuffle_split: bool = _default("shuffle_split")
+    seed: int = _default("seed")
+    limit: int | None = _default("limit")
+    mask_mode: str = _default("mask_mode")
+    normalization: str = _default("normalization")
+    train_size: int | None = _default("train_size")
+    train_noise_fraction: float = _default("train_noise_fraction")
+    val_noise_fraction: float = _default("val_noise_fraction")
+    noise_sigma: float | None = _default("noise_sigma")
+    model: str = _default("model")
+    base_filters: int = _default("base_filters")
+    depth: int = _default("depth")
+    dropout_rate: float = _default("dropout_rate")
+    batch_norm: bool = _default("batch_norm")
+    batch_norm_momentum: float = _default("batch_norm_momentum")
+    upsampling: str = _default("upsampling")
+    loss: str = _default("loss")
+    optimizer: str = _default("optimizer")
+    learning_rate: float = _default("learning_rate")
+    weight_decay: float | None = _default("weight_decay")
+    momentum: float | None = _default("momentum")
+    clipnorm: float | None = _default("clipnorm")
+    schedule: str = _default("schedule")
+    batch_size: int = _default("batch_size")
+    epochs: int = _default("epochs")
+    steps_per_epoch: int | None = _default("steps_per_epoch")
+    augment: Any = _default("augment")
+    mixed_precision: bool | str = _default("mixed_precision")
+    threshold: float = _default("threshold")
 
     def __post_init__(self):
-        if isinstance(self.image_size, int):
-            self.image_size = (self.image_size, self.image_size)
-        self.image_size = tuple(int(v) for v in self.image_size)
+        size = self.image_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        if (
+            not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 8 for v in size)
+        ):
+            raise ValueError(f"image_size must be an int or a (height, width) pair of ints of at least 8, got {self.image_size!r}")
+        self.image_size = tuple(size)
+        if isinstance(self.split, str) or not all(isinstance(v, (int, float)) for v in self.split):
+            raise ValueError(f"split must be a list of fractions such as [0.6, 0.2, 0.2], got {self.split!r}")
         self.split = tuple(float(v) for v in self.split)
+        if self.data_dir is not None:
+            self.data_dir = str(Path(self.data_dir).expanduser().resolve())
+        if self.run_dir is not None:
+            self.run_dir = str(Path(self.run_dir).expanduser().resolve())
         if self.dataset not in ("ct", "xray"):
             raise ValueError(f"dataset must be 'ct' or 'xray', got {self.dataset!r}")
         if self.mask_mode not in BINARY_MASK_MODES + MULTICLASS_MASK_MODES:
@@ -119,18 +160,23 @@ class ExperimentConfig:
         return cls(**values)
 
     @classmethod
-    def from_namespace(cls, namespace: dict) -> "ExperimentConfig":
+    def from_namespace(cls, namespace: dict, ignore=("QUICK",)) -> "ExperimentConfig":
         """Collect a notebook's upper-case parameters (``EPOCHS``, ``LOSS``, ...) into a configuration.
 
-        Upper-case names that are not fields (``QUICK``, figure options) are left alone, so a
-        notebook can call ``ExperimentConfig.from_namespace(globals())`` after its parameters cell.
+        The training notebook calls ``ExperimentConfig.from_namespace(globals())`` after its
+        parameters cell. An upper-case name that is no parameter (a misspelt ``EPOCH`` injected by
+        papermill, say) is an error naming the closest parameter, never silently dropped.
         """
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{
-            key.lower(): value
-            for key, value in namespace.items()
-            if key.isupper() and key.lower() in known
-        })
+        names = [key for key in namespace if key.isupper() and not key.startswith("_") and key not in ignore]
+        unknown = [key for key in names if key.lower() not in known]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key.lower(), sorted(known), n=1)
+                hints.append(f"{key} (did you mean {close[0].upper()}?)" if close else key)
+            raise ValueError(f"unknown parameters {', '.join(hints)}; the parameters are {sorted(k.upper() for k in known)}")
+        return cls(**{key.lower(): namespace[key] for key in names})
 
     def quick(self, images: int = 60, size: int = 64, epochs: int = 2) -> "ExperimentConfig":
         """A copy shrunk for quick mode: at most ``images`` images of ``size`` px, ``epochs`` epochs.
@@ -157,7 +203,7 @@ class ExperimentConfig:
     @property
     def run_path(self) -> Path:
         """The run folder: ``run_dir`` if given, else ``runs/<name>`` in the project."""
-        return Path(self.run_dir) if self.run_dir else paths.RUNS_ROOT / self.name
+        return Path(self.run_dir) if self.run_dir else (paths.RUNS_ROOT / self.name).resolve()
 
     def describe(self) -> str:
         """A few lines naming the run folder, the data, the model and the training settings.
@@ -342,174 +388,70 @@ def steps_per_epoch(config: ExperimentConfig, splits: Splits) -> int:
     return max(1, len(splits.train.images) // config.batch_size)
 
 
-def training_arguments(config: ExperimentConfig, splits: Splits) -> dict:
-    """The keyword arguments of ``train.train`` for ``config``: one definition for every notebook.
+def load_config(run_dir: str | Path) -> ExperimentConfig:
+    """The configuration a run was trained with, rebuilt from its ``params.json``.
 
-    Holds the run folder, the number of epochs, ``steps_per_epoch``, the loss, the metrics, the
-    optimizer, the schedule's callbacks, the threshold and the parameters to record. Call
-    ``train.train(model, train_ds, val_ds, **training_arguments(config, splits))``; the training
-    notebook prints this dict so the student sees what ``compile`` and ``fit`` receive.
-    """
-    from lunghelpers import losses, metrics, schedules, train
-
-    return {
-        "run_dir": config.run_path,
-        "epochs": config.epochs,
-        "steps_per_epoch": steps_per_epoch(config, splits),
-        "loss": losses.get_loss(config.loss, n_classes=config.n_classes),
-        "metrics": metrics.training_metrics(config.n_classes, threshold=config.threshold),
-        "threshold": config.threshold,
-        "learning_rate": config.learning_rate,
-        "optimizer": train.make_optimizer(
-            config.optimizer,
-            config.learning_rate,
-            weight_decay=config.weight_decay,
-            momentum=config.momentum,
-            clipnorm=config.clipnorm,
-        ),
-        "callbacks": schedules.callbacks(config.schedule, config.epochs, config.learning_rate),
-        "params": config.to_dict(),
-        "overwrite": config.overwrite,
-        "resume": config.resume,
-    }
-
-
-def train_experiment(config: ExperimentConfig, splits: Splits | None = None, verbose: int | str = "auto"):
-    """Train the configured model and write a complete run folder; returns the history DataFrame.
-
-    The run folder receives ``params.json``, ``history.csv``, ``model.keras`` (best validation loss),
-    ``metrics.json`` (training figures plus the held-out evaluation), ``per_image.csv`` and the
-    learning-curve figure. An existing finished run is refused unless ``overwrite`` or ``resume``.
-    """
-    import keras
-
-    from lunghelpers import evaluate, plots, train
-
-    keras.utils.set_random_seed(config.seed)
-    train.set_precision(config.mixed_precision)
-    try:
-        splits = splits if splits is not None else prepare_data(config)
-        model = build_model(config)
-        train_ds, val_ds = make_datasets(config, splits)
-        history = train.train(
-            model, train_ds, val_ds, **training_arguments(config, splits), verbose=verbose
-        )
-        split_name, held_out = splits.evaluation
-        evaluate.evaluate_run(
-            config.run_path,
-            held_out.images,
-            held_out.masks,
-            held_out.names,
-            batch_size=config.batch_size,
-            split=split_name,
-        )
-        figure = plots.learning_curves(history)
-        plots.save_figure(figure, config.run_path / "figures" / "learning_curves.png")
-    finally:
-        train.set_precision(False)
-    return history
-
-
-#: Parameters that decide which images a run's held-out split holds and how they look.
-DATA_PARAMETERS = (
-    "dataset",
-    "data_dir",
-    "image_size",
-    "split",
-    "shuffle_split",
-    "seed",
-    "limit",
-    "mask_mode",
-    "normalization",
-    "val_noise_fraction",
-    "noise_sigma",
-)
-
-
-def check_run_data(config: ExperimentConfig, run_path: str | Path) -> None:
-    """Raise ``ValueError`` if the run in ``run_path`` was trained on other data than ``config``'s.
-
-    Compares the ``DATA_PARAMETERS`` of ``config`` with those recorded in the run's
-    ``params.json`` (e.g. a run trained at full size evaluated by a notebook in quick mode).
+    With it, ``prepare_data`` rebuilds exactly the run's split, so the evaluation notebooks score
+    the images the run never trained on.
     """
     from lunghelpers import train
 
-    recorded = train.read_json(Path(run_path) / "params.json").get("params", {})
-    wanted = config.to_dict()
-    differing = {
-        name: (recorded[name], wanted[name])
-        for name in DATA_PARAMETERS
-        if name in recorded and recorded[name] != wanted[name]
-    }
-    if differing:
-        details = ", ".join(f"{name}: run {old!r}, here {new!r}" for name, (old, new) in differing.items())
-        raise ValueError(
-            f"The run in {run_path} was trained on other data than these parameters describe "
-            f"({details}). Use the parameters the run was trained with (see its params.json), "
-            "or another RUN_DIR/NAME to train a new run."
-        )
+    run = train.RunFolder(Path(run_dir))
+    if not run.params_path.exists():
+        raise FileNotFoundError(f"{run.path} is not a run folder: it has no params.json")
+    recorded = run.params()
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    return ExperimentConfig(**{key: value for key, value in recorded.items() if key in known})
 
 
-def ensure_run(config: ExperimentConfig, verbose: int | str = "auto") -> Path:
-    """Return the run folder, training it first if it has no finished model yet.
-
-    This is what lets the evaluation and gallery notebooks run on their own: given the folder the
-    training notebook wrote they only read it; given an empty path they train the same
-    configuration first (and say so).
-
-    A finished run must have been trained on the data ``config`` describes (the parameters in
-    ``DATA_PARAMETERS``, as recorded in its ``params.json``): otherwise the notebook would score
-    the model on other images, or on images of the wrong size, so a ``ValueError`` names the
-    parameters that differ.
-    """
-    run_path = config.run_path
-    if (run_path / "metrics.json").exists() and (run_path / "model.keras").exists():
-        check_run_data(config, run_path)
-        return run_path
-    print(f"No finished run in {run_path}: training it now with these parameters.")
-    train_experiment(config, verbose=verbose)
-    return run_path
+def _training_config(parameters: dict) -> ExperimentConfig:
+    """The configuration the training notebook builds from ``parameters`` (quick mode included)."""
+    config = ExperimentConfig.from_namespace(parameters)
+    return config.quick() if parameters.get("QUICK", quick_mode()) else config
 
 
-#: Parameters that only say how to treat an existing run folder, not what the run is.
-RUN_HANDLING_PARAMETERS = ("overwrite", "resume")
+def ensure_run(run_dir: str | Path | None = None, **parameters):
+    """The finished run in ``run_dir``, trained first by executing the training notebook if needed.
 
-
-def variant(config: ExperimentConfig, name: str, **changes) -> ExperimentConfig:
-    """One run of a comparison: ``config`` with ``changes``, in the sub-folder ``name`` of its run folder.
-
-    The lab and robustness notebooks train several runs (``variant(config, "1b", loss="dice")``)
-    side by side under one run folder, so a notebook's ``RUN_DIR`` holds all of its runs.
-    """
-    return dataclasses.replace(config, name=name, run_dir=str(config.run_path / name), **changes)
-
-
-def train_or_reuse(config: ExperimentConfig, verbose: int | str = "auto") -> bool:
-    """Train ``config``'s run unless its folder already holds a finished run of the same parameters.
-
-    Re-running a notebook then reuses its runs instead of training them again. A finished run
-    trained with other parameters (e.g. in quick mode) is never reused silently: it raises
-    ``ValueError`` naming the differences, unless ``config.overwrite`` is set, which moves the old
-    run aside and trains anew. Returns True when it trained, False when it reused the run.
+    ``parameters`` are training-notebook parameters (``EPOCHS=3, LOSS="dice"``); ``run_dir=None``
+    means ``runs/<NAME>``. A folder that holds a finished run with these parameters is returned as
+    it is; one with other parameters raises ``train.RunParametersError`` naming them. Otherwise
+    ``notebooks/05_training.ipynb`` is executed with papermill, with these parameters and
+    ``RUN_DIR``, and its executed copy is kept in the run folder as ``05_training.ipynb``; an
+    interrupted run continues where it stopped. So every run of the kit is trained by the cells
+    a student reads.
     """
     from lunghelpers import train
 
-    run = train.RunFolder(config.run_path)
-    if run.metrics_path.exists() and run.model_path.exists() and not config.overwrite:
-        recorded = train.read_json(run.params_path).get("params", {})
-        wanted = json.loads(json.dumps(config.to_dict()))
-        differing = {
-            name: (recorded.get(name), value)
-            for name, value in wanted.items()
-            if name not in RUN_HANDLING_PARAMETERS and recorded.get(name) != value
-        }
+    parameters = {key: value for key, value in parameters.items() if key != "RUN_DIR"}
+    name = parameters.get("NAME", _DEFAULTS["name"])
+    run = train.RunFolder(Path(run_dir or paths.RUNS_ROOT / name).expanduser().resolve())
+    if run.finished:
+        wanted = _training_config(parameters).to_dict()
+        differing = train.differences(run.params(), wanted)
         if differing:
-            details = ", ".join(f"{name}: run {old!r}, here {new!r}" for name, (old, new) in differing.items())
-            raise ValueError(
-                f"{run.path} holds a finished run with other parameters ({details}). Set "
-                "OVERWRITE = True to move it aside and train again, or choose another NAME/RUN_DIR."
-            )
-        print(f"Reusing the finished run in {run.path} (same parameters).")
-        return False
-    train_experiment(config, verbose=verbose)
-    return True
+            train.open_run(run.path, wanted)  # raises RunParametersError naming the differences
+        return run
+    _execute(TRAINING_NOTEBOOK, run.path / TRAINING_NOTEBOOK, {**parameters, "RUN_DIR": str(run.path)})
+    return run
+
+
+def _execute(notebook: str, output: Path, parameters: dict) -> None:
+    """Execute a lesson with papermill; a failing cell becomes a RuntimeError naming the copy."""
+    import papermill
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Training {output.parent.name}: executing {notebook} (executed copy: {output})", flush=True)
+    try:
+        papermill.execute_notebook(
+            str(paths.NOTEBOOKS_ROOT / notebook),
+            str(output),
+            parameters=parameters,
+            kernel_name="python3",
+            cwd=str(paths.NOTEBOOKS_ROOT),
+            progress_bar=False,
+        )
+    except papermill.PapermillExecutionError as error:
+        raise RuntimeError(
+            f"{notebook} failed for {output.parent}: {error.ename}: {error.evalue} (see {output})"
+        ) from None

@@ -37,15 +37,17 @@ KERNEL_NAME = "python3"
 
 #: Metrics shown in the summary table, in this order, when a run wrote them.
 SUMMARY_METRICS = (
+    "best_epoch",
+    "best_val_loss",
+    "best_val_dice",
+    "best_val_precision",
+    "best_val_recall",
     "val_dice",
-    "val_precision",
-    "val_recall",
     "val_mean_iou",
     "test_accuracy",
     "test_dice",
     "test_mean_iou",
     "test_mean_iou@0.1",
-    "best_epoch",
     "epochs_completed",
     "seconds_per_epoch",
 )
@@ -144,10 +146,34 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
             parameters.update(document.get("quick", {}))
             parameters.update(run.get("quick", {}))
         parameters["NAME"] = name
+        _check_parameter_names(path, name, parameters, notebooks)
         if data_root is not None:
             parameters["DATA_DIR"] = str(resolve_data_dir(data_root, parameters.get("DATASET", "ct")))
         runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {})))
     return header, runs
+
+
+def notebook_parameters(notebook: str) -> set:
+    """The parameter names of a lesson's ``parameters`` cell, as papermill reads them."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(paths.NOTEBOOKS_ROOT / notebook)))
+
+
+def _check_parameter_names(path, run_name, parameters, notebooks):
+    """Refuse a parameter that none of the run's notebooks has (a typo would be silently ignored)."""
+    import difflib
+
+    known = set().union(*(notebook_parameters(notebook) for notebook in notebooks)) | {"RUN_DIR"}
+    for key in parameters:
+        if not (isinstance(key, str) and key.isidentifier()):
+            raise ExperimentFileError(f"{path}: run {run_name!r} has parameter name {key!r}, which is no identifier")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ExperimentFileError(
+                f"{path}: run {run_name!r} sets {key}{hint}, which is no parameter of {', '.join(notebooks)}"
+            )
 
 
 def resolve_data_dir(data_root: str | Path, dataset: str) -> Path:
@@ -194,11 +220,13 @@ def execute_run(spec: RunSpec, report_dir: Path, progress: bool = True) -> RunRe
     run_dir = report_dir / "runs" / spec.name
     notebook_dir = run_dir / "notebooks"
     notebook_dir.mkdir(parents=True, exist_ok=True)
-    parameters = {**spec.parameters, "RUN_DIR": str(run_dir)}
     result = RunResult(spec, run_dir)
     start = time.perf_counter()
     for notebook in spec.notebooks:
         output = notebook_dir / notebook
+        own = notebook_parameters(notebook)
+        parameters = {key: value for key, value in spec.parameters.items() if key in own}
+        parameters["RUN_DIR"] = str(run_dir)
         try:
             papermill.execute_notebook(
                 str(paths.NOTEBOOKS_ROOT / notebook),

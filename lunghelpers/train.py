@@ -1,20 +1,23 @@
-"""Training runs: compile, fit and record everything in a run folder.
+"""Run folders, and the callbacks that fill them while ``model.fit`` trains.
 
-A run folder is the unit of state of the kit (see DESIGN.md). ``train`` writes:
+A run folder (``runs/<name>/``) is the unit of state of the kit. The training notebook (05)
+creates it with :func:`open_run`, compiles the model and passes these callbacks to ``model.fit``:
 
-- ``params.json``: every parameter of the run, the library versions, the precision policy, the
-  seed and the devices it ran on;
-- ``history.csv``: one row per epoch (loss, every metric, ``learning_rate``, ``seconds``);
-- ``model.keras``: the model of the epoch with the lowest validation loss;
-- ``checkpoint.keras`` and ``state.json``: the latest epoch's model and optimizer state, so an
-  interrupted run can resume where it stopped;
-- ``metrics.json``: the final and best figures (``lunghelpers.evaluate`` later adds the test ones).
+- ``AtomicModelCheckpoint`` (Keras's ``ModelCheckpoint``, written atomically) keeps
+  ``model.keras``, the epoch with the lowest validation loss: the only model file of a finished run;
+- ``keras.callbacks.CSVLogger`` appends one row per epoch to ``history.csv`` (Keras's ``epoch``
+  column counts from 0; people read epochs from 1, as Keras prints them);
+- ``keras.callbacks.BackupAndRestore`` keeps ``backup/`` (weights, optimizer state, epoch) while
+  the run is unfinished, so a run killed mid-epoch continues from its last finished epoch, and
+  deletes it at the end;
+- :class:`RunLog` adds each epoch's seconds to the logs and writes ``metrics.json`` at the end.
 
-Every file is written atomically: to a temporary file in the same folder, then renamed over the
-old one with ``os.replace``, so a crash never leaves a half-written file behind. An existing run
-is never overwritten unless ``overwrite=True`` is passed, and even then it is moved aside.
+``params.json`` (parameters, library versions, machine) is written first. The kit's own files are
+written atomically (a temporary file in the same folder, then ``os.replace``), so a crash never
+leaves half a file; an earlier run is never overwritten or deleted.
 """
 
+import contextlib
 import contextlib
 import datetime
 import json
@@ -31,8 +34,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from lunghelpers import losses
-from lunghelpers import metrics as metric_library
 
 PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -174,16 +175,50 @@ class RunFolder:
         return self.path / "figures"
 
     @property
-    def checkpoint_path(self):
-        return self.path / "checkpoint.keras"
-
-    @property
-    def state_path(self):
-        return self.path / "state.json"
+    def backup_dir(self):
+        """``keras.callbacks.BackupAndRestore``'s folder: present only while a run is unfinished."""
+        return self.path / "backup"
 
     def has_results(self):
         """True when the folder holds a trained model or metrics, i.e. work that must not be lost."""
         return self.model_path.exists() or self.metrics_path.exists()
+
+    def params(self):
+        """The run's parameters, as recorded in ``params.json``."""
+        return read_json(self.params_path)["params"]
+
+    def read_history(self):
+        """``history.csv`` as a DataFrame (see :func:`read_history`)."""
+        return read_history(self)
+
+    @property
+    def finished(self):
+        """True when the run trained all its epochs: a model, metrics, no backup left to resume from."""
+        if not (self.model_path.exists() and self.metrics_path.exists()) or self.backup_dir.exists():
+            return False
+        completed = read_json(self.metrics_path).get("epochs_completed", 0)
+        return completed >= self.params().get("epochs", math.inf)
+
+    @property
+    def initial_epoch(self):
+        """Where ``model.fit`` starts: all epochs for a finished run (it trains nothing), else 0.
+
+        An interrupted run also passes 0: ``BackupAndRestore`` then moves the start to the epoch
+        after the last one it backed up.
+        """
+        return int(self.params()["epochs"]) if self.finished else 0
+
+    @property
+    def best_val_loss(self):
+        """The lowest validation loss in ``history.csv`` so far (``None`` before the first epoch).
+
+        Passed to ``ModelCheckpoint(initial_value_threshold=...)`` so that a continued run only
+        replaces ``model.keras`` with a better epoch.
+        """
+        history = self.read_history()
+        if history.empty or "val_loss" not in history:
+            return None
+        return float(history["val_loss"].min())
 
     def update_metrics(self, new_metrics):
         """Merge ``new_metrics`` into ``metrics.json`` (existing keys are kept unless replaced)."""
@@ -217,78 +252,119 @@ def environment():
     }
 
 
-def _timestamp():
-    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+class RunParametersError(ValueError):
+    """A run folder already holds a run with other parameters than the ones given."""
 
 
-def _move_aside(path):
-    """Rename ``path`` to ``<name>.old-<timestamp>`` (with a counter if that exists) and return it."""
-    aside = path.with_name(f"{path.name}.old-{_timestamp()}")
-    counter = 2
-    while aside.exists():
-        aside = path.with_name(f"{path.name}.old-{_timestamp()}-{counter}")
-        counter += 1
-    path.rename(aside)
-    return aside
+#: Entries of ``params`` that say where a run lives, not what it is: never compared.
+LOCATION_PARAMETERS = ("name", "run_dir")
 
 
-def create_run(run_dir, params, overwrite=False, resume=False, training=None):
-    """Create (or reopen for resuming) a run folder and write its ``params.json``.
+def _plain(value):
+    """``value`` as JSON would give it back (tuples become lists, NumPy scalars numbers)."""
+    return json.loads(json.dumps(value, default=_to_json_value))
 
-    Rules, so that no finished work is ever lost:
 
-    - a new or empty folder (or one without ``model.keras``/``metrics.json``, e.g. holding only
-      an executed notebook) is used as it is;
-    - ``resume=True`` and a ``state.json`` present: the folder is reopened, ``params.json`` keeps
-      its content and gains a record of the resumption;
-    - a folder holding a run (``model.keras`` or ``metrics.json``) raises ``FileExistsError``
-      unless ``overwrite=True``, which renames the old folder to ``<name>.old-<timestamp>``
-      (nothing is deleted) and starts afresh.
+def _remove_stale_temporaries(folder):
+    """Delete the temporary files of writes that a kill interrupted (``.<stem>-*.tmp<suffix>``)."""
+    for stale in Path(folder).glob(".*-*.tmp*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
-    Args:
-        run_dir: the run folder, e.g. ``RUNS_ROOT / "ct-assignment"``.
-        params: the run's parameters (a notebook's parameters cell), any JSON-serialisable dict.
-        overwrite: move an existing run aside instead of refusing.
-        resume: reopen an interrupted run.
-        training: optional dict of the training settings (``train`` passes its own).
 
-    Returns:
-        The ``RunFolder``.
-    """
-    if overwrite and resume:
-        raise ValueError("Pass either overwrite=True or resume=True, not both.")
-    run = RunFolder(Path(run_dir))
-    if resume and run.state_path.exists():
-        record = read_json(run.params_path)
-        record.setdefault("resumed_at", []).append(datetime.datetime.now().isoformat())
-        write_json(run.params_path, record)
-        return run
-    if run.has_results():
-        if resume:
-            raise FileExistsError(
-                f"Run folder {run.path} holds a run without state.json, so it cannot be "
-                f"resumed; pass overwrite=True to move it aside to {run.name}.old-<timestamp>."
-            )
-        if not overwrite:
-            raise FileExistsError(
-                f"Run folder {run.path} already holds a run (model.keras or metrics.json). "
-                "Pass overwrite=True to move it aside to "
-                f"{run.name}.old-<timestamp> and start again, or resume=True to continue an "
-                "interrupted run."
-            )
-        _move_aside(run.path)
-    run.figures_dir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "run": run.name,
-        "created_at": datetime.datetime.now().isoformat(),
-        "params": dict(params or {}),
-        "training": dict(training or {}),
-        "precision_policy": keras.mixed_precision.global_policy().name,
-        "environment": environment(),
+def differences(recorded, params):
+    """``{name: (recorded value, new value)}`` for the parameters that differ (location ones aside)."""
+    recorded, params = _plain(recorded), _plain(params)
+    return {
+        key: (recorded.get(key), params.get(key))
+        for key in sorted(set(recorded) | set(params))
+        if key not in LOCATION_PARAMETERS and recorded.get(key) != params.get(key)
     }
-    write_json(run.params_path, record)
+
+
+def open_run(run_dir, params, name_parameter="NAME"):
+    """Create the run folder ``run_dir`` for a run with ``params``, or reopen it for the same run.
+
+    The rules, which make "run the notebook again" just work and never lose a result:
+
+    - a folder without ``params.json`` is new: it is created and ``params.json`` is written
+      (parameters, library versions, machine). A folder that holds a model or metrics but no
+      ``params.json`` is refused: it is not a run folder of this kit;
+    - a folder whose ``params.json`` records the same parameters is reopened as it is: a finished
+      run is reused (``RunFolder.initial_epoch`` is its number of epochs, so ``fit`` trains
+      nothing), an interrupted one continues from its last finished epoch
+      (``keras.callbacks.BackupAndRestore`` in the training notebook);
+    - an interrupted run may be continued with a larger ``epochs`` (recorded in ``params.json``);
+    - any other difference raises :class:`RunParametersError` naming the parameters that differ
+      and ``name_parameter``, the notebook parameter that gives a new run its own folder.
+
+    ``name`` and ``run_dir`` are not compared (a moved folder is the same run). Temporary files
+    left by an interrupted write are removed.
+    """
+    run = RunFolder(Path(run_dir).expanduser().resolve())
+    params = _plain(dict(params or {}))
+    if run.path.exists() and not run.path.is_dir():
+        raise NotADirectoryError(f"Run folder {run.path} is a file, not a folder.")
+    if run.path.is_dir():
+        _remove_stale_temporaries(run.path)
+    if not run.params_path.exists():
+        if run.has_results():
+            raise RunParametersError(
+                f"{run.path} holds a model or metrics but no params.json, so it is not a run folder of "
+                f"this kit; set {name_parameter} (or RUN_DIR) to train in another folder."
+            )
+        run.figures_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run.params_path, {
+            "run": run.name,
+            "created_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            "params": params,
+            "precision_policy": keras.mixed_precision.global_policy().name,
+            "environment": environment(),
+        })
+        return run
+    try:
+        record = read_json(run.params_path)
+        recorded = record["params"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunParametersError(
+            f"{run.params_path} is damaged ({error}); move the folder away or set {name_parameter} "
+            "to train in another folder."
+        ) from error
+    differing = differences(recorded, params)
+    longer = (
+        set(differing) == {"epochs"}
+        and not run.finished
+        and isinstance(params.get("epochs"), int)
+        and params["epochs"] > recorded.get("epochs", 0)
+    )
+    if longer:
+        record["params"]["epochs"] = params["epochs"]
+        record.setdefault("continued", []).append(
+            {"at": datetime.datetime.now().isoformat(timespec="seconds"), "epochs": params["epochs"]}
+        )
+        write_json(run.params_path, record)
+    elif differing:
+        details = "; ".join(f"{key.upper()}: {old!r} there, {new!r} here" for key, (old, new) in differing.items())
+        raise RunParametersError(
+            f"{run.path} holds a run with other parameters ({details}). Nothing was changed. Set "
+            f"{name_parameter} to a new name (or RUN_DIR to another folder) to train this one beside it."
+        )
     return run
 
+
+def read_history(run):
+    """``history.csv`` of ``run`` as a DataFrame, each epoch once (Keras's ``epoch`` counts from 0).
+
+    A run killed between writing an epoch's row and backing the epoch up repeats that epoch when it
+    continues; the later row is kept.
+    """
+    path = RunFolder(Path(run.path if isinstance(run, RunFolder) else run)).history_path
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    history = pd.read_csv(path)
+    if history.empty:
+        return history
+    return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 def make_optimizer(name="adam", learning_rate=DEFAULT_LEARNING_RATE, weight_decay=None,
                    momentum=None, clipnorm=None):
@@ -312,73 +388,26 @@ def make_optimizer(name="adam", learning_rate=DEFAULT_LEARNING_RATE, weight_deca
     return keras.optimizers.SGD(momentum=momentum or 0.0, **options)
 
 
-def _check_steps(data, steps, data_name, steps_name):
-    """Refuse an endless tf.data Dataset without a number of steps (fit would never end an epoch)."""
-    if (
-        steps is None
-        and isinstance(data, tf.data.Dataset)
-        and data.cardinality() == tf.data.INFINITE_CARDINALITY
-    ):
-        raise ValueError(
-            f"{data_name} is a tf.data.Dataset that repeats forever; pass {steps_name} "
-            "(e.g. number of images // batch size) so Keras knows where an epoch ends."
-        )
-
-
-def _check_optimizer_options(optimizer, learning_rate, weight_decay, momentum, clipnorm):
-    """Refuse options that an optimizer object would silently ignore.
-
-    With an optimizer object, ``learning_rate`` may still be given (it is recorded), but it must
-    equal the optimizer's own rate; the other options belong on the object.
-    """
-    if any(option is not None for option in (weight_decay, momentum, clipnorm)):
-        raise ValueError(
-            "weight_decay, momentum and clipnorm apply to a named optimizer; set them on the "
-            f"{type(optimizer).__name__} object you passed instead."
-        )
-    if learning_rate is not None:
-        own_rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        if not math.isclose(own_rate, learning_rate, rel_tol=1e-6):
-            raise ValueError(
-                f"learning_rate={learning_rate} differs from the rate {own_rate} of the "
-                f"{type(optimizer).__name__} object passed as optimizer; give the rate once."
-            )
-
-
-def _name_of(value):
-    """A readable name for a loss or optimizer given as a string or an object."""
-    if isinstance(value, str):
-        return value
-    return getattr(value, "__name__", None) or getattr(value, "name", None) or type(value).__name__
-
-
 def summarize_history(history, threshold=0.5):
-    """Final and best figures of a training history, the training part of ``metrics.json``.
+    """The training part of ``metrics.json``, from a history as ``read_history`` returns it.
 
-    Final figures are the last epoch's: ``train_<metric>`` for training columns (``loss`` ->
-    ``train_loss``, ``dice`` -> ``train_dice``) and ``val_<metric>`` as logged. The best epoch is
-    the one with the lowest validation loss (the epoch saved as ``model.keras``); ``best_<val
-    metric>`` are that epoch's values. Epochs count from 0, as Keras logs them.
+    - ``best_epoch``: the epoch with the lowest validation loss, the one kept as ``model.keras``,
+      counted from 1 as Keras prints it ("Epoch 5/40");
+    - ``best_<column>``: that epoch's logged figures, e.g. ``best_val_loss``, ``best_val_dice``
+      (validation figures of the kept model, pooled over all validation pixels as Keras logs them);
+    - ``last_<column>``: the last epoch's figures, e.g. ``last_loss`` and ``last_val_dice``
+      (the model in memory at the end, not the kept one);
+    - ``epochs_completed``, ``threshold`` (of the Dice/IoU metrics) and ``seconds_per_epoch``.
     """
     if history.empty:
         raise ValueError("history has no epochs; nothing to summarise.")
+    columns = [column for column in history.columns if column not in ("epoch", "seconds")]
     last = history.iloc[-1]
-    summary = {}
-    for column in history.columns:
-        if column in ("epoch", "seconds"):
-            continue
-        if column == "learning_rate":
-            summary["final_learning_rate"] = float(last[column])
-        elif column.startswith("val_"):
-            summary[column] = float(last[column])
-        else:
-            summary[f"train_{column}"] = float(last[column])
+    summary = {f"last_{column}": float(last[column]) for column in columns}
     if "val_loss" in history and history["val_loss"].notna().any():
         best = history.loc[history["val_loss"].idxmin()]
-        summary["best_epoch"] = int(best["epoch"])
-        for column in history.columns:
-            if column.startswith("val_"):
-                summary[f"best_{column}"] = float(best[column])
+        summary["best_epoch"] = int(best["epoch"]) + 1
+        summary.update({f"best_{column}": float(best[column]) for column in columns})
     summary["epochs_completed"] = int(len(history))
     summary["threshold"] = threshold
     if "seconds" in history:
@@ -386,186 +415,63 @@ def summarize_history(history, threshold=0.5):
     return summary
 
 
-class RunRecorder(keras.callbacks.Callback):
-    """Record each finished epoch in the run folder, atomically and in a crash-safe order.
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``keras.callbacks.ModelCheckpoint`` that never leaves half a model file behind.
 
-    At the end of every epoch: save ``model.keras`` if the validation loss improved, save
-    ``checkpoint.keras`` (model and optimizer state), rewrite ``history.csv``, and last write
-    ``state.json``, which marks the epoch as done. A run killed between two of these steps
-    resumes from the last epoch that ``state.json`` names.
+    It saves exactly when ModelCheckpoint would, but into a temporary file next to ``filepath``
+    that is then renamed onto it, so a run killed while saving keeps its previous best model.
     """
 
-    def __init__(self, run, epochs, rows=(), best_val_loss=math.inf, best_epoch=None):
+    def _save_model(self, epoch, batch, logs):
+        final_path = Path(self.filepath)
+        temporary_path = final_path.with_name(f".{final_path.stem}-saving.tmp{final_path.suffix}")
+        self.filepath = str(temporary_path)
+        try:
+            super()._save_model(epoch, batch, logs)
+            if temporary_path.exists():
+                os.replace(temporary_path, final_path)
+        finally:
+            self.filepath = str(final_path)
+            temporary_path.unlink(missing_ok=True)
+
+
+class RunLog(keras.callbacks.Callback):
+    """What Keras's callbacks leave out of a run folder.
+
+    - adds each epoch's wall-clock ``seconds`` (and the ``learning_rate`` if no schedule logged it)
+      to the logs, so ``CSVLogger`` writes them into ``history.csv``: put it before the CSVLogger;
+    - at the end of training writes ``metrics.json`` (``summarize_history``), atomically;
+    - refuses to go on when the loss becomes NaN or infinite (``keras.callbacks.TerminateOnNaN``
+      would stop silently): the best model on disk stays the last good one.
+    """
+
+    def __init__(self, run, threshold=0.5):
         super().__init__()
         self.run = run
-        self.epochs = epochs
-        self.rows = list(rows)
-        self.best_val_loss = best_val_loss
-        self.best_epoch = best_epoch
-        self.started = None
-        self.learning_rate = None
+        self.threshold = threshold
+        self.trained_epochs = 0
+        self._started = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-        self.learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        row = {"epoch": epoch}
-        row.update({key: float(value) for key, value in logs.items()})
-        row["learning_rate"] = float(logs.get("learning_rate", self.learning_rate))
-        row["seconds"] = time.perf_counter() - self.started
-        val_loss = row.get("val_loss", math.nan)
-        if val_loss < self.best_val_loss:
-            self.best_val_loss = val_loss
-            self.best_epoch = epoch
-            with atomic_path(self.run.model_path) as temporary_path:
-                self.model.save(temporary_path)
-        with atomic_path(self.run.checkpoint_path) as temporary_path:
-            self.model.save(temporary_path)
-        self.rows.append(row)
-        write_csv(self.run.history_path, pd.DataFrame(self.rows))
-        write_json(
-            self.run.state_path,
-            {
-                "last_epoch": epoch,
-                "epochs": self.epochs,
-                "best_epoch": self.best_epoch,
-                "best_val_loss": self.best_val_loss,
-            },
-        )
+        if logs is None:
+            return
+        loss = logs.get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            raise FloatingPointError(
+                f"Epoch {epoch + 1}: the training loss is {float(loss)}; training stopped. Lower "
+                "LEARNING_RATE or check the images for bad pixels. The best model so far is kept in "
+                f"{self.run.model_path}."
+            )
+        if "learning_rate" not in logs:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = time.perf_counter() - self._started
+        self.trained_epochs += 1
 
-
-def _restore(model, run):
-    """Load the checkpoint (weights and optimizer state) of an interrupted run into ``model``.
-
-    Returns the history rows and the best validation loss/epoch recorded so far. History rows
-    after the last epoch of ``state.json`` (written before a crash finished the epoch) are
-    dropped, so each epoch appears once.
-    """
-    state = read_json(run.state_path)
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    model.load_weights(run.checkpoint_path)
-    history = pd.read_csv(run.history_path)
-    history = history[history["epoch"] <= state["last_epoch"]]
-    return state, history.to_dict("records")
-
-
-def train(model, train_data, validation_data, *, run_dir, epochs, steps_per_epoch=None,
-          validation_steps=None, loss, learning_rate=None, optimizer="adam",
-          weight_decay=None, momentum=None, clipnorm=None, metrics=None, threshold=0.5,
-          callbacks=(), params=None, seed=None, overwrite=False, resume=False, verbose=2):
-    """Compile and fit ``model``, writing a complete run folder; return the history.
-
-    The run folder (see the module docstring) gets ``params.json`` first, then after every epoch
-    ``history.csv``, ``model.keras`` (best validation loss), ``checkpoint.keras`` and
-    ``state.json``, and at the end ``metrics.json`` (see ``summarize_history``).
-
-    Resuming: rebuild the same model, call ``train`` again with the same arguments and
-    ``resume=True``. If the folder has a ``state.json``, the weights and optimizer state of the
-    last finished epoch are loaded and fitting continues at the next epoch up to ``epochs``, so
-    the run ends with as many epochs as an uninterrupted one and ``history.csv`` lists each epoch
-    once. The random stream and callback state (e.g. ReduceLROnPlateau's patience counter) are
-    not restored, so a resumed run is close to, not identical to, an uninterrupted one.
-
-    Args:
-        model: a built Keras model (``lunghelpers.models``); set the precision policy with
-            ``set_precision`` before building it.
-        train_data: a ``tf.data.Dataset`` (or Keras ``PyDataset``) of (image, target) batches,
-            e.g. from ``augment.make_dataset``.
-        validation_data: a dataset like ``train_data`` or an (images, targets) tuple of arrays;
-            the best model is chosen by its loss.
-        run_dir: the run folder.
-        epochs: total number of epochs of the run.
-        steps_per_epoch: batches per epoch; required when ``train_data`` repeats forever
-            (the source uses training images // batch size).
-        validation_steps: batches per validation pass; required when ``validation_data``
-            repeats forever.
-        loss: a name for ``losses.get_loss`` ("bce", "dice", "bce_dice", "cce",
-            "multiclass_dice", "generalized_dice", "ce_dice") or a loss callable.
-        learning_rate: initial rate for a named optimizer (default 1e-3, Adam's default).
-        optimizer: "adam", "rmsprop" or "sgd" (see ``make_optimizer``), or a Keras optimizer
-            (then leave weight_decay, momentum and clipnorm unset; a learning_rate given too
-            must equal the optimizer's).
-        weight_decay, momentum, clipnorm: options of a named optimizer (the poster's RMSprop).
-        metrics: metrics for compile; default ``metrics.training_metrics(n_classes, threshold)``
-            with n_classes read from the model's output.
-        threshold: the probability threshold of the default metrics, recorded in metrics.json.
-        callbacks: extra Keras callbacks (e.g. ``schedules.callbacks(...)``).
-        params: the notebook's parameters, recorded in ``params.json``.
-        seed: if given, ``keras.utils.set_random_seed(seed)`` before fitting (shuffling,
-            dropout); seed the model's initial weights with ``set_seed`` before building it.
-        overwrite: move an existing finished run aside (``<name>.old-<timestamp>``) and start anew.
-        resume: continue an interrupted run (see above).
-        verbose: Keras's verbosity; 2 prints one line per epoch, readable in executed notebooks.
-
-    Returns:
-        pandas DataFrame with one row per epoch of the whole run: ``epoch``, ``loss``, the
-        metrics, their ``val_`` versions, ``learning_rate`` and ``seconds``.
-    """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive integer, got {epochs!r}.")
-    if validation_data is None:
-        raise ValueError("validation_data is required: the best model is chosen by validation loss.")
-    _check_steps(train_data, steps_per_epoch, "train_data", "steps_per_epoch")
-    _check_steps(validation_data, validation_steps, "validation_data", "validation_steps")
-
-    n_classes = int(model.output_shape[-1])
-    loss_function = losses.get_loss(loss, n_classes=n_classes) if isinstance(loss, str) else loss
-    if isinstance(optimizer, str):
-        optimizer = make_optimizer(
-            optimizer,
-            learning_rate=DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            clipnorm=clipnorm,
-        )
-    else:
-        _check_optimizer_options(optimizer, learning_rate, weight_decay, momentum, clipnorm)
-    if metrics is None:
-        metrics = metric_library.training_metrics(n_classes, threshold=threshold)
-
-    training = {
-        "model": model.name,
-        "model_parameters": int(model.count_params()),
-        "n_classes": n_classes,
-        "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch,
-        "validation_steps": validation_steps,
-        "loss": _name_of(loss),
-        "optimizer": keras.optimizers.serialize(optimizer),
-        "metrics": [_name_of(metric) for metric in metrics],
-        "threshold": threshold,
-        "callbacks": [type(callback).__name__ for callback in callbacks],
-        "seed": seed,
-    }
-    run = create_run(run_dir, params, overwrite=overwrite, resume=resume, training=training)
-
-    model.compile(optimizer=optimizer, loss=loss_function, metrics=metrics)
-    if resume and run.state_path.exists():
-        state, rows = _restore(model, run)
-        initial_epoch = state["last_epoch"] + 1
-        recorder = RunRecorder(run, epochs, rows, state["best_val_loss"], state["best_epoch"])
-    else:
-        initial_epoch = 0
-        recorder = RunRecorder(run, epochs)
-
-    if initial_epoch < epochs:
-        if seed is not None:
-            keras.utils.set_random_seed(seed)
-        model.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            validation_steps=validation_steps,
-            callbacks=[*callbacks, recorder],
-            # A dataset shuffles itself (augment.make_dataset); Keras would only warn.
-            shuffle=False,
-            verbose=verbose,
-        )
-    history = pd.DataFrame(recorder.rows)
-    run.update_metrics(summarize_history(history, threshold=threshold))
-    return history
+    def on_train_end(self, logs=None):
+        history = read_history(self.run)
+        if self.trained_epochs and not history.empty:
+            self.run.update_metrics(summarize_history(history, threshold=self.threshold))

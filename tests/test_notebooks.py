@@ -1,11 +1,14 @@
 """Tests of the notebook series: structure, papermill runs of 05 and 06, and a report.
 
 - Every notebook in ``notebooks/`` has exactly one cell tagged ``parameters``, is committed without
-  outputs and names the ``python3`` kernel.
+  outputs and names the ``python3`` kernel; papermill sees every parameter.
 - Every parameter an experiment file sets is a parameter of each notebook the file runs (a name
   papermill injects but the notebook does not define would be silently ignored).
-- Notebook 05 runs through papermill with overridden parameters and writes a complete run folder;
-  06 then evaluates that folder without training again, and a run of other data is refused.
+- Notebook 05 is the one training path: run through papermill it writes a complete run folder with
+  one model file; run again with the same parameters it reuses the run and changes no file; with
+  other parameters, or a misspelt one, it refuses and changes nothing. ``experiment.ensure_run``
+  trains a missing run by executing it, and a run killed with SIGKILL mid-epoch resumes with every
+  finished epoch kept, each once. 06 then evaluates a run folder without training again.
 - ``report.run_report`` on two tiny runs, one made to fail, writes a report that records the
   failure, and a second report goes to a new folder.
 
@@ -15,11 +18,16 @@ explicit kernel name, as the report runs them.
 
 import ast
 import hashlib
+import json
+import subprocess
+import sys
+import time
 
 import keras
 import nbformat
 import pandas as pd
 import papermill
+import psutil
 import pytest
 import yaml
 
@@ -31,9 +39,7 @@ EXPERIMENT_FILES = sorted((paths.PROJECT_ROOT / "experiments").glob("*.yaml"))
 REPORT_PARAMETERS = {"NAME", "RUN_DIR", "DATA_DIR"}
 #: Overrides that keep a papermill run of the training notebook to a few seconds of training.
 TINY_RUN = {"QUICK": True, "EPOCHS": 1, "LIMIT": 20, "IMAGE_SIZE": 32}
-#: Notebooks that train or read one run and must agree on its defaults.
-RUN_NOTEBOOKS = ("05_training.ipynb", "06_evaluation_iou.ipynb", "07_gallery_by_iou_band.ipynb")
-#: The CT assignment's source defaults (SPEC A), which the training notebook must hold.
+#: The CT assignment's recipe, which the training notebook's parameters cell must hold by default.
 CT_ASSIGNMENT_DEFAULTS = {
     "NAME": "ct-assignment",
     "DATASET": "ct",
@@ -42,26 +48,16 @@ CT_ASSIGNMENT_DEFAULTS = {
     "SPLIT": (0.6, 0.2, 0.2),
     "SHUFFLE_SPLIT": False,
     "SEED": 220,
-    "LIMIT": None,
-    "MASK_MODE": "binary",
-    "NORMALIZATION": "minmax",
     "BATCH_SIZE": 16,
     "EPOCHS": 40,
     "LEARNING_RATE": 0.001,
     "OPTIMIZER": "adam",
     "SCHEDULE": "source",
     "MODEL": "simple_unet",
-    "BASE_FILTERS": 8,
-    "DEPTH": 4,
-    "DROPOUT_RATE": 0.0,
-    "BATCH_NORM": False,
-    "UPSAMPLING": "transpose",
     "LOSS": "bce",
     "AUGMENT": "source",
+    "NORMALIZATION": "minmax",
     "MIXED_PRECISION": False,
-    "RUN_DIR": None,
-    "OVERWRITE": False,
-    "RESUME": False,
 }
 
 
@@ -129,12 +125,6 @@ def file_digests(folder):
 # Structure
 
 
-def test_the_run_notebooks_exist():
-    names = [path.name for path in NOTEBOOKS]
-    missing = [name for name in RUN_NOTEBOOKS if name not in names]
-    assert not missing, f"missing notebooks {missing} in {paths.NOTEBOOKS_ROOT}"
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
 def test_notebook_has_exactly_one_parameters_cell(path):
     assert len(parameters_cells(read_notebook(path))) == 1
@@ -164,16 +154,24 @@ def test_papermill_sees_every_parameter(path):
 
 
 @pytest.mark.parametrize("experiment_file", EXPERIMENT_FILES, ids=lambda path: path.name)
-def test_notebooks_define_every_parameter_of_the_experiment_file(experiment_file):
-    for notebook, names in experiment_parameters(experiment_file).items():
-        path = paths.NOTEBOOKS_ROOT / notebook
-        assert path.is_file(), f"{experiment_file.name} runs {notebook}, which does not exist"
-        defined = set(parameter_defaults(path))
-        missing = sorted((names | REPORT_PARAMETERS) - defined)
-        assert not missing, f"{notebook} lacks parameters {missing} set by {experiment_file.name}"
+def test_every_parameter_of_an_experiment_file_belongs_to_a_notebook_it_runs(experiment_file):
+    """The report passes each notebook its own parameters; one that no notebook has would be lost."""
+    notebooks = experiment_parameters(experiment_file)
+    defined = set().union(*(parameter_defaults(paths.NOTEBOOKS_ROOT / notebook) for notebook in notebooks))
+    names = set().union(*notebooks.values())
+    assert not sorted((names | REPORT_PARAMETERS) - defined)
+    for scale in report.SCALES:
+        report.load_experiments(experiment_file, scale=scale)  # the report's own check agrees
 
 
-def test_training_notebook_holds_the_ct_assignment_defaults():
+def test_a_misspelt_experiment_parameter_is_refused_with_the_closest_name(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump({"notebooks": ["05_training.ipynb"], "runs": [{"name": "a", "parameters": {"EPOCH": 3}}]}))
+    with pytest.raises(report.ExperimentFileError, match=r"EPOCH \(did you mean EPOCHS\?\)"):
+        report.load_experiments(path)
+
+
+def test_training_notebook_holds_the_ct_assignment_recipe():
     defaults = parameter_defaults(paths.NOTEBOOKS_ROOT / "05_training.ipynb")
     differing = {
         name: defaults.get(name, "<missing>")
@@ -183,90 +181,127 @@ def test_training_notebook_holds_the_ct_assignment_defaults():
     assert not differing
 
 
-@pytest.mark.parametrize("notebook", RUN_NOTEBOOKS[1:])
-def test_run_notebooks_share_the_training_defaults(notebook):
-    """06 and 07 rebuild 05's split and model, so shared parameters must default alike."""
-    training = parameter_defaults(paths.NOTEBOOKS_ROOT / "05_training.ipynb")
-    reader = parameter_defaults(paths.NOTEBOOKS_ROOT / notebook)
-    shared = set(training) & set(reader)
-    assert set(CT_ASSIGNMENT_DEFAULTS) - {"OVERWRITE", "RESUME"} <= shared
-    assert {name: reader[name] for name in shared} == {name: training[name] for name in shared}
-
-
 # ----------------------------------------------------------------------------------------------
 # Execution
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """Run 05 with overridden parameters; return the parameters, the run folder and its metrics then."""
+    """Run 05 with overridden parameters; return the parameters, the run folder and its files then."""
     folder = tmp_path_factory.mktemp("notebooks")
     run_dir = folder / "papermill-run"
     parameters = {**TINY_RUN, "NAME": "papermill-run", "RUN_DIR": str(run_dir)}
     execute("05_training.ipynb", folder / "05_training.ipynb", parameters)
-    return parameters, run_dir, train.read_json(run_dir / "metrics.json")
+    return parameters, run_dir, file_digests(run_dir)
 
 
 def test_training_notebook_writes_the_run_folder(trained_run):
-    _, run_dir, metrics_after_training = trained_run
+    _, run_dir, _ = trained_run
     record = train.read_json(run_dir / "params.json")["params"]
     assert (record["name"], record["epochs"], record["run_dir"]) == ("papermill-run", 1, str(run_dir))
     # The overrides, and quick mode's smaller batch (the CT assignment's 16 becomes 8).
     assert (record["image_size"], record["limit"], record["batch_size"]) == ([32, 32], 20, 8)
     history = pd.read_csv(run_dir / "history.csv")
-    assert len(history) == 1
+    assert list(history["epoch"]) == [0]
     assert history["learning_rate"].iloc[0] == pytest.approx(0.001)
+    assert history["seconds"].iloc[0] > 0
     model = keras.models.load_model(run_dir / "model.keras", compile=False)
     assert model.output_shape == (None, 32, 32, 1)
-    expected_keys = {"train_loss", "val_loss", "val_dice", "best_epoch", "epochs_completed"}
-    assert expected_keys <= set(metrics_after_training)
-    assert metrics_after_training["epochs_completed"] == 1
-    assert not [key for key in metrics_after_training if key.startswith("test_")]
+    metrics = train.read_json(run_dir / "metrics.json")
+    assert {"last_loss", "best_val_loss", "best_val_dice", "best_epoch", "epochs_completed"} <= set(metrics)
+    assert (metrics["best_epoch"], metrics["epochs_completed"]) == (1, 1)
+    assert not [key for key in metrics if key.startswith("test_")]
     assert (run_dir / "figures" / "learning_curves.png").stat().st_size > 0
+    # One model file; Keras's backup is gone once the run finished.
+    assert sorted(path.name for path in run_dir.iterdir()) == [
+        "figures", "history.csv", "metrics.json", "model.keras", "params.json"]
 
 
-def test_training_notebook_trains_exactly_as_train_experiment(trained_run, tmp_path):
-    """Notebook 05 and ``experiment.train_experiment`` (which 06 and 07 use to train a missing run) agree.
+def test_running_the_training_notebook_again_reuses_the_finished_run(trained_run, tmp_path):
+    parameters, run_dir, files = trained_run
+    output = tmp_path / "again.ipynb"
+    execute("05_training.ipynb", output, parameters)
+    assert file_digests(run_dir) == files
+    printed = "".join(
+        "".join(out.get("text", "")) for cell in read_notebook(output).cells for out in cell.get("outputs", [])
+    )
+    assert "Epoch 1/1" not in printed  # nothing was trained again
 
-    The same parameters must give the same model whichever way the run was trained, so nothing the
-    notebook does for the student (such as showing a batch) may change the training stream.
-    """
-    _, run_dir, _ = trained_run
-    recorded = train.read_json(run_dir / "params.json")["params"]
-    recorded.pop("n_classes")
-    config = experiment.ExperimentConfig(**{**recorded, "run_dir": str(tmp_path / "again")})
-    experiment.train_experiment(config, verbose=0)
-    by_notebook = pd.read_csv(run_dir / "history.csv").drop(columns="seconds")
-    by_function = pd.read_csv(tmp_path / "again" / "history.csv").drop(columns="seconds")
-    pd.testing.assert_frame_equal(by_notebook, by_function)
+
+def test_other_parameters_under_the_same_name_are_refused_and_change_nothing(trained_run, tmp_path):
+    parameters, run_dir, files = trained_run
+    with pytest.raises(papermill.PapermillExecutionError, match=r"LOSS: 'bce' there, 'dice' here.*Set NAME"):
+        execute("05_training.ipynb", tmp_path / "other.ipynb", {**parameters, "LOSS": "dice"})
+    with pytest.raises(papermill.PapermillExecutionError, match=r"EPOCH \(did you mean EPOCHS\?\)"):
+        execute("05_training.ipynb", tmp_path / "typo.ipynb", {**parameters, "EPOCH": 3})
+    assert file_digests(run_dir) == files
+
+
+def test_ensure_run_returns_a_finished_run_or_names_what_differs(trained_run):
+    parameters, run_dir, files = trained_run
+    run = experiment.ensure_run(run_dir, **parameters)
+    assert run.path == run_dir and run.finished
+    with pytest.raises(train.RunParametersError, match=r"IMAGE_SIZE: \[32, 32\] there, \[48, 48\] here"):
+        experiment.ensure_run(run_dir, **{**parameters, "IMAGE_SIZE": 48})
+    assert file_digests(run_dir) == files
+
+
+def test_ensure_run_trains_a_missing_run_by_executing_the_training_notebook(tmp_path):
+    run = experiment.ensure_run(tmp_path / "new", **TINY_RUN, LOSS="dice")
+    assert run.finished and run.params()["loss"] == "dice"
+    executed = read_notebook(run.path / "05_training.ipynb")
+    assert any("model.fit(" in cell.source for cell in executed.cells if cell.cell_type == "code")
+    assert len(run.read_history()) == 1
+
+
+def test_a_training_run_killed_mid_epoch_resumes_and_loses_no_finished_epoch(tmp_path):
+    """SIGKILL papermill and its kernel during epoch 3 of 4, run the notebook again: epochs 1-4, each once."""
+    run_dir = tmp_path / "killed"
+    # Quick mode would cap the run at 2 epochs: the same tiny set without it.
+    parameters = {**TINY_RUN, "QUICK": False, "EPOCHS": 4, "LIMIT": 40, "BATCH_SIZE": 8, "RUN_DIR": str(run_dir)}
+    arguments = [sys.executable, "-m", "papermill", str(paths.NOTEBOOKS_ROOT / "05_training.ipynb"),
+                 str(tmp_path / "first.ipynb"), "--cwd", str(paths.NOTEBOOKS_ROOT), "-k", report.KERNEL_NAME,
+                 "--no-progress-bar", "-y", json.dumps(parameters)]
+    process = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # BackupAndRestore's record of the epochs it backed up: kill once epoch 2 is, during epoch 3.
+    backed_up = run_dir / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if json.loads(backed_up.read_text())["epoch"] >= 2:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
+    for victim in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
+        victim.kill()
+    process.wait()
+    before = train.read_history(train.RunFolder(run_dir)).iloc[:2]
+    assert list(before["epoch"]) == [0, 1] and not train.RunFolder(run_dir).finished
+
+    run = experiment.ensure_run(run_dir, **{key: value for key, value in parameters.items() if key != "RUN_DIR"})
+    history = run.read_history()
+    assert list(history["epoch"]) == [0, 1, 2, 3]
+    assert pd.read_csv(run.history_path)["epoch"].tolist().count(0) == 1
+    pd.testing.assert_frame_equal(history.iloc[:2], before)  # the backed-up epochs, as they were
+    assert run.finished and train.read_json(run.metrics_path)["epochs_completed"] == 4
 
 
 def test_evaluation_notebook_scores_the_run_without_training_again(trained_run, tmp_path):
-    parameters, run_dir, metrics_after_training = trained_run
+    _, run_dir, files = trained_run
     model_bytes = (run_dir / "model.keras").read_bytes()
-    execute("06_evaluation_iou.ipynb", tmp_path / "06_evaluation_iou.ipynb", parameters)
+    metrics_before = train.read_json(run_dir / "metrics.json")
+    execute("06_evaluation_iou.ipynb", tmp_path / "06_evaluation_iou.ipynb", {"RUN_DIR": str(run_dir)})
     metrics = train.read_json(run_dir / "metrics.json")
     new_keys = {"test_accuracy", "test_mean_iou", "test_mean_iou@0.1", "test_dice", "n_test"}
-    assert new_keys <= set(metrics) - set(metrics_after_training)
+    assert new_keys <= set(metrics) - set(metrics_before)
     assert metrics["n_test"] == 4  # the last 20 % of the 20 images
     assert 0.0 <= metrics["test_mean_iou"] <= 1.0
-    assert metrics["best_epoch"] == metrics_after_training["best_epoch"]
-    assert len(pd.read_csv(run_dir / "per_image.csv")) == 4
-    assert (run_dir / "figures" / "threshold_sweep.png").stat().st_size > 0
+    assert metrics["best_epoch"] == metrics_before["best_epoch"]
     assert (run_dir / "model.keras").read_bytes() == model_bytes
-
-
-def test_reading_notebooks_refuse_a_run_trained_on_other_data(tmp_path):
-    """06 and 07 get their run from ``experiment.ensure_run``: a run of other data is refused, not scored."""
-    trained = experiment.ExperimentConfig(run_dir=str(tmp_path), image_size=64, limit=60)
-    train.write_json(tmp_path / "params.json", {"params": trained.to_dict()})
-    train.write_json(tmp_path / "metrics.json", {"val_loss": 0.1})
-    (tmp_path / "model.keras").write_bytes(b"")
-    assert experiment.ensure_run(trained) == tmp_path
-    full_size = experiment.ExperimentConfig(run_dir=str(tmp_path))
-    expected = r"image_size: run \[64, 64\], here \[128, 128\], limit: run 60, here None"
-    with pytest.raises(ValueError, match=expected):
-        experiment.ensure_run(full_size)
+    assert file_digests(run_dir)["history.csv"] == files["history.csv"]
 
 
 def test_report_records_a_failed_run_and_never_overwrites(tmp_path):
