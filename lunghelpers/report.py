@@ -91,6 +91,8 @@ class RunSpec:
     notebooks: list
     parameters: dict
     reference: dict = field(default_factory=dict)
+    #: The run of the experiment file it comes from (differs from ``name`` for a sweep's runs).
+    group: str = ""
 
 
 @dataclass
@@ -108,7 +110,10 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
     """Read an experiment file and return its header and the runs with their parameters at ``scale``.
 
     Parameters are merged in this order, later winning: the file's ``parameters``, the run's
-    ``parameters``, then at quick scale the file's ``quick`` and the run's ``quick``.
+    ``parameters``, then at quick scale the file's ``quick`` and the run's ``quick``, then the
+    values of the run's ``sweep`` (one run per combination; a ``sweep`` inside the run's
+    ``quick`` replaces it at quick scale). Unknown sections, run keys and parameter names are
+    errors naming the file.
     """
     path = Path(path)
     if scale not in SCALES:
@@ -121,6 +126,12 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
         raise ExperimentFileError(f"experiment file {path} is not valid YAML: {error}") from error
     if not isinstance(document, dict) or not document.get("runs"):
         raise ExperimentFileError(f"experiment file {path} must be a mapping with a non-empty 'runs' list")
+    unknown = sorted(set(document) - DOCUMENT_KEYS)
+    if unknown:
+        import difflib
+
+        hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in difflib.get_close_matches(str(key), sorted(DOCUMENT_KEYS), n=1)) for key in unknown]
+        raise ExperimentFileError(f"experiment file {path} has unknown sections {', '.join(hints)}; it may have {sorted(DOCUMENT_KEYS)}")
     header = {
         "name": document.get("name", path.stem),
         "description": document.get("description", ""),
@@ -131,26 +142,58 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
     for index, run in enumerate(document["runs"]):
         if not isinstance(run, dict) or "name" not in run:
             raise ExperimentFileError(f"{path}: run #{index + 1} needs a 'name'")
-        name = str(run["name"])
-        if name in seen:
-            raise ExperimentFileError(f"{path}: run name {name!r} appears twice")
-        seen.add(name)
+        unknown = sorted(set(run) - RUN_KEYS)
+        if unknown:
+            raise ExperimentFileError(f"{path}: run {run['name']!r} has unknown keys {unknown}; a run has {sorted(RUN_KEYS)}")
         notebooks = run.get("notebooks", document.get("notebooks"))
         if not notebooks:
-            raise ExperimentFileError(f"{path}: run {name!r} names no notebooks")
+            raise ExperimentFileError(f"{path}: run {run['name']!r} names no notebooks")
         for notebook in notebooks:
             if not (paths.NOTEBOOKS_ROOT / notebook).is_file():
-                raise ExperimentFileError(f"{path}: run {name!r} names missing notebook {notebook!r}")
-        parameters = {**document.get("parameters", {}), **run.get("parameters", {})}
-        if scale == "quick":
-            parameters.update(document.get("quick", {}))
-            parameters.update(run.get("quick", {}))
-        parameters["NAME"] = name
-        _check_parameter_names(path, name, parameters, notebooks)
-        if data_root is not None:
-            parameters["DATA_DIR"] = str(resolve_data_dir(data_root, parameters.get("DATASET", "ct")))
-        runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {})))
+                raise ExperimentFileError(f"{path}: run {run['name']!r} names missing notebook {notebook!r}")
+        quick = dict(run.get("quick", {}))
+        sweep = quick.pop("sweep", None) if scale == "quick" and "sweep" in quick else run.get("sweep")
+        for name, swept in _expand_sweep(path, str(run["name"]), sweep):
+            if name in seen:
+                raise ExperimentFileError(f"{path}: run name {name!r} appears twice")
+            seen.add(name)
+            parameters = {**document.get("parameters", {}), **run.get("parameters", {})}
+            if scale == "quick":
+                parameters.update(document.get("quick", {}))
+                parameters.update(quick)
+            parameters.update(swept)
+            parameters["NAME"] = name
+            _check_parameter_names(path, name, parameters, notebooks)
+            if data_root is not None:
+                parameters["DATA_DIR"] = str(resolve_data_dir(data_root, parameters.get("DATASET", "ct")))
+            runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {}), str(run["name"])))
     return header, runs
+
+
+#: The sections of an experiment file.
+DOCUMENT_KEYS = {"name", "description", "notebooks", "parameters", "quick", "runs"}
+#: The keys a run of an experiment file may have.
+RUN_KEYS = {"name", "notebooks", "parameters", "quick", "reference", "sweep"}
+
+
+def _expand_sweep(path, name, sweep):
+    """``[(run name, parameters)]`` for every combination of a run's ``sweep`` values.
+
+    ``sweep: {TRAIN_SIZE: [5, 10], SEED: [220, 221]}`` gives four runs named
+    ``<name>-train-size-5-seed-220`` and so on; no sweep gives the run itself.
+    """
+    import itertools
+
+    if not sweep:
+        return [(name, {})]
+    if not isinstance(sweep, dict) or not all(isinstance(values, list) and values for values in sweep.values()):
+        raise ExperimentFileError(f"{path}: run {name!r}: sweep must map parameter names to non-empty lists")
+    runs = []
+    for values in itertools.product(*sweep.values()):
+        swept = dict(zip(sweep, values))
+        suffix = "-".join(f"{key.lower().replace('_', '-')}-{value}" for key, value in swept.items())
+        runs.append((f"{name}-{suffix}", swept))
+    return runs
 
 
 def notebook_parameters(notebook: str) -> set:
