@@ -180,15 +180,15 @@ class AugmentConfig:
 
 NONE = AugmentConfig()
 SOURCE_CT = AugmentConfig(rotation_degrees=10.0, width_shift=0.1, height_shift=0.1, zoom=0.1)
-"""SPEC A.2, the CT assignment: rotation 10 degrees, shifts 0.1, zoom 0.1 in or out."""
+"""The CT assignment: rotation 10 degrees, shifts 0.1, zoom 0.1 in or out."""
 LAB = AugmentConfig(
     rotation_degrees=10.0, width_shift=0.1, height_shift=0.1, zoom=0.2, horizontal_flip=True
 )
-"""SPEC B 1e, the lab: rotation 10 degrees, shifts 0.1, zoom 0.2, horizontal flip."""
+"""The lab (task 1e): rotation 10 degrees, shifts 0.1, zoom 0.2, horizontal flip."""
 ROBUST = dataclasses.replace(
     LAB, gamma=(0.8, 1.25), contrast=(0.8, 1.2), noise_std=POSTER_NOISE_SIGMA, noise_fraction=0.5
 )
-"""LAB plus intensity changes and the poster's noise on half of the examples (SPEC C)."""
+"""LAB plus intensity changes and the poster's noise on half of the examples (the robustness study)."""
 
 PRESETS = {"none": NONE, "source": SOURCE_CT, "lab": LAB, "robust": ROBUST}
 

@@ -26,7 +26,7 @@ UPSAMPLING_MODES = ("transpose", "bilinear")
 
 
 def simple_unet(input_shape=(128, 128, 1)):
-    """Build the CT assignment's simplified U-Net (SPEC A.4).
+    """Build the CT assignment's simplified U-Net.
 
     Only `Conv2D`, `MaxPool2D`, `UpSampling2D`, `Dropout` and concatenation are used; every
     convolution is 3x3 with ReLU and `same` padding unless stated:
@@ -43,9 +43,9 @@ def simple_unet(input_shape=(128, 128, 1)):
     Dropout 0.5, Conv2D 1 1x1, sigmoid           (H, W, 1)
     ```
 
-    The SPEC's "filters 64/128/256 down and 256/128/64 up" names the same 256-filter level twice:
-    with two poolings there are three resolutions, so the 256-filter convolution at the bottom
-    is the last step down and the first step up at once. It is built once; the upward path then
+    The assignment's "filters 64/128/256 down and 256/128/64 up" names the same 256-filter
+    level twice: with two poolings there are three resolutions, so the 256-filter convolution
+    at the bottom is the last step down and the first step up at once. It is built once; the upward path then
     has two levels, 128 and 64, each starting with an up-conv (upsampling doubles the size, the
     2x2 convolution mixes the upsampled features and halves their number, as in the original
     U-Net).

@@ -145,3 +145,14 @@ def test_get_loss_maps_names_and_classes():
         losses.get_loss("cce", n_classes=1)
     with pytest.raises(ValueError, match="valid names are .*bce_dice"):
         losses.get_loss("focal")
+
+
+def test_dice_loss_without_smoothing_equals_keras_dice_per_image():
+    """Notebook 04 compares the two: Keras's Dice has no smoothing term, only 1e-7 in the denominator."""
+    probabilities = np.random.default_rng(2).random((3, 4, 4, 1)).astype(np.float32)
+    targets = np.concatenate([TARGET, HALF, DISJOINT], axis=0)
+    ours = value(losses.dice_loss, targets, probabilities, smooth=0.0)
+    per_image = keras.losses.Dice(reduction=None, axis=(1, 2, 3))(targets, probabilities)
+    assert ours == pytest.approx(keras.ops.convert_to_numpy(per_image), abs=1e-6)
+    # With the default smoothing the two differ, most on images with few foreground pixels.
+    assert not np.allclose(value(losses.dice_loss, targets, probabilities), ours, atol=1e-3)
