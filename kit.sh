@@ -5,10 +5,14 @@
 #       set up .venv, then write a report (default: the CT assignment, quick scale, embedded data)
 #   ./kit.sh test [PYTEST ARGS ...]
 #       set up .venv, then run the whole test suite: unit tests and every notebook (pytest --nbval)
+#   ./kit.sh student OUT_DIR [--overwrite]
+#       write the student edition of every lesson (no cells tagged answer, no outputs) into OUT_DIR
 #   ./kit.sh setup
 #       only set up .venv (then: .venv/bin/jupyter lab notebooks/)
 set -euo pipefail
+CALLER_DIR=$PWD
 cd "$(dirname "$0")"
+KIT_DIR=$PWD
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
@@ -46,6 +50,11 @@ case $command in
     test)
         setup
         exec "$VENV/bin/python" -m pytest --nbval tests notebooks "$@"
+        ;;
+    student)
+        setup
+        cd "$CALLER_DIR"  # OUT_DIR is relative to where the command was typed
+        exec "$KIT_DIR/$VENV/bin/python" -m lunghelpers.student "$@"
         ;;
     *)
         sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'

@@ -16,6 +16,7 @@ there, so they are written once. Everything that needs a trained run executes th
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -436,6 +437,34 @@ def ensure_run(run_dir: str | Path | None = None, **parameters):
     return run
 
 
+@contextlib.contextmanager
+def stderr_to(path: Path):
+    """Send this process's file descriptor 2 (and so a child kernel's stderr) to ``path`` meanwhile.
+
+    A kernel started by papermill writes its own start-up lines ("Kernel is running over TCP",
+    TensorFlow's C++ log) straight to the stderr it inherits; here they go to a log file instead of
+    the lesson or the console.
+    """
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield path
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def papermill_parameters(parameters: dict) -> dict:
+    """``parameters`` with tuples as lists: papermill writes a tuple into the notebook as a string."""
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in parameters.items()}
+
+
 def _execute(notebook: str, output: Path, parameters: dict) -> None:
     """Execute a lesson with papermill; a failing cell becomes a RuntimeError naming the copy."""
     import papermill
@@ -443,14 +472,15 @@ def _execute(notebook: str, output: Path, parameters: dict) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     print(f"Training {output.parent.name}: executing {notebook} (executed copy: {output})", flush=True)
     try:
-        papermill.execute_notebook(
-            str(paths.NOTEBOOKS_ROOT / notebook),
-            str(output),
-            parameters=parameters,
-            kernel_name="python3",
-            cwd=str(paths.NOTEBOOKS_ROOT),
-            progress_bar=False,
-        )
+        with stderr_to(output.parent / "kernel.log"):
+            papermill.execute_notebook(
+                str(paths.NOTEBOOKS_ROOT / notebook),
+                str(output),
+                parameters=papermill_parameters(parameters),
+                kernel_name="python3",
+                cwd=str(paths.NOTEBOOKS_ROOT),
+                progress_bar=False,
+            )
     except papermill.PapermillExecutionError as error:
         raise RuntimeError(
             f"{notebook} failed for {output.parent}: {error.ename}: {error.evalue} (see {output})"

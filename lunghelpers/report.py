@@ -463,7 +463,7 @@ def main(argv: list | None = None) -> int:
         description="Execute experiment parameter sets through the notebooks and write an HTML report.",
     )
     parser.add_argument("experiments", nargs="+", help="experiment YAML files (see experiments/)")
-    parser.add_argument("--scale", choices=SCALES, default="quick", help="quick (minutes on a CPU) or full (the SPEC's settings)")
+    parser.add_argument("--scale", choices=SCALES, default="quick", help="quick (minutes on a CPU) or full (the recipes' own settings)")
     parser.add_argument("--data-root", default=None, help="folder with the real sets (e.g. ../shared/data); default: embedded synthetic data")
     parser.add_argument("--jobs", type=int, default=1, help="runs executed at the same time (default 1)")
     parser.add_argument("--reports-root", default=None, help="where report folders go (default: reports/)")

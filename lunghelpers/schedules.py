@@ -21,7 +21,7 @@ SCHEDULE_NAMES = ("source", "plateau", "cosine", "constant")
 
 
 def source_schedule(epoch, learning_rate=None, initial_rate=1e-3, hold_epochs=20, factor=0.1):
-    """The CT assignment's schedule: a function of the epoch only (SPEC A.6).
+    """The CT assignment's schedule: a function of the epoch only.
 
         rate(epoch) = initial_rate                                         epoch < hold_epochs
         rate(epoch) = initial_rate * factor ** (epoch - hold_epochs + 1)   otherwise

@@ -48,7 +48,7 @@ def set_precision(mixed_precision=False):
     The models of ``lunghelpers.models`` keep their final activation in float32, so probabilities
     and losses stay accurate.
     Call this *before* building the model: a layer takes the policy that is global when it is
-    created. Leave it off (the default) when reproducing the SPEC's numbers.
+    created. Leave it off (the default) when reproducing the source's numbers.
 
     Args:
         mixed_precision: ``False``, ``None`` or ``"float32"`` for full precision; ``True`` or

@@ -21,7 +21,7 @@ needs_xray = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def ct_arrays():
-    """The whole CT set loaded once with the SPEC A.1 defaults."""
+    """The whole CT set loaded once with the CT assignment's defaults."""
     return data.load_pairs(*data.dataset_dirs(CT_ROOT), progress=False)
 
 
