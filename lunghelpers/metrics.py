@@ -28,13 +28,18 @@ summed counts, and `dice`, `iou`, `precision` and `recall` are the mean of the p
 
 Evaluation functions (NumPy) score one image at a time (`iou`, `dice`, ...) and
 `per_image_scores` tabulates them for a set of images; the mean of that table's column is the
-"mean per-image IoU" of SPEC A.8.
+"mean per-image IoU" of the CT assignment; ``bootstrap_interval`` gives its seeded 95 %
+interval over images.
 """
 
 import keras
 import numpy as np
 import pandas as pd
 from keras import ops
+
+# The seeded bootstrap interval of a mean per-image score lives with the judgements that use it
+# (it needs no TensorFlow); it is named here too, beside the scores it is applied to.
+from lunghelpers.judgement import bootstrap_interval  # noqa: F401
 
 # ----------------------------------------------------------------------------------------------
 # Keras metrics
@@ -275,7 +280,7 @@ def _fraction(numerator, denominator):
 
 
 def iou(target, prediction):
-    """Intersection over union of two binary masks (SPEC A.8), with logical and / or.
+    """Intersection over union of two binary masks, with logical and / or.
 
     IoU = |target AND prediction| / |target OR prediction|. Both empty -> 1.0.
     """

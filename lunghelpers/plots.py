@@ -33,6 +33,10 @@ ERROR_COLOURS = {
 OVERLAY_ALPHA = 0.45
 #: Columns of a history that are not curves of a metric.
 NON_METRIC_COLUMNS = ("epoch", "learning_rate", "seconds")
+#: Height of a gallery row that only says "no test image in band ...", relative to an image row.
+EMPTY_ROW_HEIGHT = 0.15
+#: How score columns are written in figures.
+SCORE_NAMES = {"iou": "IoU", "dice": "Dice"}
 #: Histories of at most this many epochs get their points marked in ``learning_curves``.
 SHORT_HISTORY_EPOCHS = 20
 
@@ -144,19 +148,29 @@ def class_legend(figure, labels):
                       frameon=False)
 
 
-def learning_curves(history, metrics=None, best_epoch=None):
+def _epochs_from_one(history):
+    """Epoch numbers as Keras prints them ("Epoch 5/6"): the history's 0-based ``epoch`` + 1."""
+    if "epoch" in history:
+        return history["epoch"].to_numpy() + 1
+    return np.arange(1, len(history) + 1)
+
+
+def learning_curves(history, metrics=None, best_epoch=None, title=None):
     """Loss and every metric per epoch, training against validation, best epoch marked.
 
     One panel per metric (``loss`` first), with the training curve solid and the validation
     curve dashed; a gap opening between them is the sign of over-fitting. A vertical line marks
     the best epoch (lowest validation loss, the epoch saved as ``model.keras``). When the history
-    has a ``learning_rate`` column (``train.train`` always logs it), the rate gets its own
-    panel on a log scale so schedule steps are visible.
+    has a ``learning_rate`` column, the rate gets its own panel on a log scale so schedule steps
+    are visible. Epochs count from 1 on the axes, as Keras prints them, although ``history.csv``
+    counts them from 0.
 
     Args:
-        history: DataFrame as returned by ``train.train`` or read from ``history.csv``.
+        history: DataFrame read from ``history.csv`` (column ``epoch`` from 0).
         metrics: metric names to plot (without ``val_``); default every metric in the history.
-        best_epoch: epoch to mark; default the epoch of the lowest ``val_loss``.
+        best_epoch: epoch to mark, counting from 1 (as ``metrics.json``'s ``best_epoch``);
+            default the epoch of the lowest ``val_loss``.
+        title: first line of the figure title, e.g. the run's name and model.
     """
     if metrics is None:
         metrics = [
@@ -170,9 +184,9 @@ def learning_curves(history, metrics=None, best_epoch=None):
         raise ValueError(
             f"metrics {missing} are not columns of the history (columns: {list(history.columns)})."
         )
-    epochs = history["epoch"] if "epoch" in history else history.index
+    epochs = _epochs_from_one(history)
     if best_epoch is None and "val_loss" in history and history["val_loss"].notna().any():
-        best_epoch = epochs[history["val_loss"].idxmin()]
+        best_epoch = int(epochs[int(np.nanargmin(history["val_loss"].to_numpy(float)))])
     panels = list(metrics) + (["learning_rate"] if "learning_rate" in history else [])
     columns = min(3, len(panels))
     rows = -(-len(panels) // columns)
@@ -190,13 +204,17 @@ def learning_curves(history, metrics=None, best_epoch=None):
             if f"val_{panel}" in history:
                 ax.plot(epochs, history[f"val_{panel}"], linestyle="--", label="validation",
                         marker=marker)
-            ax.legend()
+            ax.legend(fontsize=8)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle=":", label="best epoch")
         ax.set_title(panel.replace("_", " "))
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (from 1)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    lines = [title] if title else []
     if best_epoch is not None:
-        figure.suptitle(f"best epoch (lowest validation loss): {best_epoch}")
+        lines.append(f"best epoch (lowest validation loss, kept as model.keras): {best_epoch} of {len(history)}")
+    if lines:
+        figure.suptitle("\n".join(lines))
     return figure
 
 
@@ -231,37 +249,51 @@ def band_label(band):
     return f"[{low:.2f}, {high:.2f}{closing}"
 
 
+def _row_label(key):
+    """A gallery row's label: ``band [0.85, 0.90)`` for a band, the key itself for a text key."""
+    return key if isinstance(key, str) else f"band {band_label(key)}"
+
+
 def gallery_by_band(images, masks, probabilities, table, selection, threshold=0.5,
-                    column="iou", split="test"):
+                    column="iou", split="test", title=None):
     """Image, ground truth and prediction for the images chosen per score band.
 
     One row per selected image: the image, the ground truth over it, and the prediction at
     ``threshold`` compared with the truth (true positives green, false positives red, false
     negatives blue), titled with the image's score. A band without any image gets a row saying
-    so in words ("no test image in [0.85, 0.90)") instead of failing.
+    so in words ("no test image in band [0.85, 0.90)") instead of failing.
 
     Args:
         images, masks, probabilities: arrays in the order of ``table``'s rows.
         table: the per-image table of ``evaluate.per_image_table``.
-        selection: ``{(low, high): [names]}`` from ``evaluate.select_by_band``.
+        selection: ``{(low, high): [names]}`` from ``evaluate.select_by_band``; a key may also
+            be a text such as ``"worst"``, which labels its rows instead of a band.
         threshold: probability threshold of the prediction column (binary models).
         column: the table column the bands were chosen by.
         split: the split's name for the empty-band text.
+        title: the figure's title, e.g. the run, its model, the split and the threshold.
     """
     positions = {name: position for position, name in enumerate(table["name"])}
-    rows = [(band, name) for band, names in selection.items() for name in (names or [None])]
+    rows = [(_row_label(band), name) for band, names in selection.items() for name in (names or [None])]
     if not rows:
         raise ValueError("selection is empty: pass the bands from evaluate.select_by_band.")
     unknown = [name for _, name in rows if name is not None and name not in positions]
     if unknown:
         raise ValueError(f"selection names {unknown} are not in the table's name column.")
-    figure, axes = _new_figure(len(rows), 3)
+    # A band without an image is one line of text, not a row of empty panels.
+    heights = [EMPTY_ROW_HEIGHT if name is None else 1.0 for _, name in rows]
+    figure, axes = plt.subplots(
+        len(rows), 3, squeeze=False, layout="constrained", figsize=(9.0, 3.0 * sum(heights) + 0.4),
+        gridspec_kw={"height_ratios": heights},
+    )
+    plt.close(figure)
+    score_name = SCORE_NAMES.get(column, column)
     for row, (band, name) in enumerate(rows):
         if name is None:
             for ax in axes[row]:
                 ax.set_axis_off()
             axes[row, 1].text(
-                0.5, 0.5, f"no {split} image in {band_label(band)}",
+                0.5, 0.5, f"no {split} image in {band}",
                 ha="center", va="center", fontsize=12, transform=axes[row, 1].transAxes,
             )
             continue
@@ -269,12 +301,14 @@ def gallery_by_band(images, masks, probabilities, table, selection, threshold=0.
         score = table[column].iloc[position]
         prediction = evaluate.to_labels(probabilities[position], threshold=threshold)
         _show_image(axes[row, 0], images[position])
-        axes[row, 0].set_title(f"{name}\n{column} {score:.3f}, band {band_label(band)}", fontsize=9)
+        axes[row, 0].set_title(f"{name}\n{score_name} {score:.3f}, {band}", fontsize=9)
         overlay(images[position], masks[position], ax=axes[row, 1])
         axes[row, 1].set_title("ground truth", fontsize=9)
         overlay(images[position], masks[position], prediction[..., np.newaxis], ax=axes[row, 2])
         axes[row, 2].set_title(f"prediction (threshold {threshold})", fontsize=9)
     error_legend(figure)
+    if title:
+        figure.suptitle(title)
     return figure
 
 
@@ -286,7 +320,7 @@ def compare_curves(histories, metric="val_dice"):
         metric: the history column to compare, e.g. ``val_dice`` or ``val_loss``.
 
     Runs whose history lacks ``metric`` (e.g. a failed run) are listed in the title rather than
-    plotted.
+    plotted. Epochs count from 1, as Keras prints them.
     """
     if not histories:
         raise ValueError("histories is empty: pass {run name: history DataFrame}.")
@@ -297,14 +331,38 @@ def compare_curves(histories, metric="val_dice"):
         if metric not in history:
             skipped.append(name)
             continue
-        epochs = history["epoch"] if "epoch" in history else history.index
-        ax.plot(epochs, history[metric], label=name)
+        ax.plot(_epochs_from_one(history), history[metric], label=name)
     title = metric.replace("_", " ")
     if skipped:
         title += f" (no {metric} in: {', '.join(skipped)})"
     ax.set_title(title)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (from 1)")
     ax.set_ylabel(metric)
     if len(skipped) < len(histories):
         ax.legend()
+    return figure
+
+
+def threshold_sweep(sweep, title, marks=((0.1, "source 0.1"), (0.5, "headline 0.5"))):
+    """Mean IoU, Dice, precision and recall against the binarisation threshold.
+
+    Args:
+        sweep: the DataFrame of ``evaluate.threshold_sweep`` (threshold, mean_iou, mean_dice,
+            mean_precision, mean_recall).
+        title: the figure title; name the run, its model and the split.
+        marks: ``(threshold, label)`` pairs drawn as dotted vertical lines.
+    """
+    figure, axes = _new_figure(1, 1, cell_size=(6.5, 4.0))
+    ax = axes[0, 0]
+    for column, label in (("mean_iou", "mean IoU"), ("mean_dice", "mean Dice"),
+                          ("mean_precision", "mean precision"), ("mean_recall", "mean recall")):
+        ax.plot(sweep["threshold"], sweep[column], marker=".", label=label)
+    for threshold, label in marks:
+        ax.axvline(threshold, color="grey", linestyle=":")
+        ax.text(threshold, 0.02, f" {label}", color="grey", rotation=90, va="bottom")
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("mean over images")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    figure.legend(loc="outside lower center", ncols=4, frameon=False)
     return figure
