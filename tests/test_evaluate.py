@@ -1,11 +1,15 @@
 """Tests of lunghelpers.evaluate with hand-made masks and probabilities of known scores."""
 
+import subprocess
+import sys
+
+import cv2
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from lunghelpers import evaluate, train
+from lunghelpers import data, evaluate, judgement, models, paths, train
 
 
 def known_pair():
@@ -95,7 +99,7 @@ def test_evaluate_run_multiclass_reports_each_lung(tmp_path):
     probabilities[..., 0] = 0.5
     probabilities[:, 0, 0, 1] = 0.9  # right lung found in both images
     probabilities[0, 0, 1, 2] = 0.9  # left lung found only in the first
-    run = train.create_run(tmp_path / "run", {})
+    run = train.open_run(tmp_path / "run", {})
     summary = evaluate.evaluate_run(run.path, probabilities, targets, ["p", "q"],
                                     model=identity_model((2, 2, 3)))
     assert summary["test_dice_class1"] == 1.0
@@ -142,7 +146,7 @@ def test_select_by_band_boundaries_and_empty_band():
 
 def test_evaluate_run_writes_table_and_merges_metrics(tmp_path):
     targets, probabilities, names = known_pair()
-    run = train.create_run(tmp_path / "run", {"epochs": 1})
+    run = train.open_run(tmp_path / "run", {"epochs": 1})
     identity_model().save(run.model_path)
     train.write_json(run.metrics_path, {"val_dice": 0.9, "threshold": 0.5})
 
@@ -166,7 +170,7 @@ def test_evaluate_run_writes_table_and_merges_metrics(tmp_path):
 
 def test_evaluate_run_on_validation_prefixes_val(tmp_path):
     targets, probabilities, names = known_pair()
-    run = train.create_run(tmp_path / "run", {"epochs": 1})
+    run = train.open_run(tmp_path / "run", {"epochs": 1})
     summary = evaluate.evaluate_run(run.path, probabilities, targets, names,
                                     model=identity_model(), split="val")
     assert summary["val_mean_iou"] == pytest.approx(0.75)
@@ -179,14 +183,14 @@ def test_evaluate_run_on_validation_prefixes_val(tmp_path):
 
 def test_evaluate_run_without_model_file_says_so(tmp_path):
     targets, probabilities, names = known_pair()
-    run = train.create_run(tmp_path / "run", {})
+    run = train.open_run(tmp_path / "run", {})
     with pytest.raises(FileNotFoundError, match="model.keras"):
         evaluate.evaluate_run(run.path, probabilities, targets, names)
 
 
 def test_load_run_reads_every_file(tmp_path):
     targets, probabilities, names = known_pair()
-    run = train.create_run(tmp_path / "run", {"epochs": 3})
+    run = train.open_run(tmp_path / "run", {"epochs": 3})
     train.write_csv(run.history_path, pd.DataFrame({"epoch": [0], "loss": [0.5]}))
     evaluate.evaluate_run(run.path, probabilities, targets, names, model=identity_model())
     loaded = evaluate.load_run(run.path)
@@ -202,5 +206,195 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="params.json"):
         evaluate.load_run(tmp_path / "empty")
-    fresh = evaluate.load_run(train.create_run(tmp_path / "fresh", {}).path)
+    fresh = evaluate.load_run(train.open_run(tmp_path / "fresh", {}).path)
     assert fresh["history"] is None and fresh["per_image"] is None and fresh["metrics"] == {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-site evaluation: a finished run scored on another data folder
+
+SIZE = 32
+MONTGOMERY = paths.PROJECT_ROOT.parent / "shared" / "data" / "montgomery"
+
+
+def threshold_model(size=SIZE):
+    """Lung where the normalised intensity is above 0.5: sigmoid(20 x - 10) > 0.5."""
+    return keras.Sequential([
+        keras.Input((size, size, 1)),
+        keras.layers.Conv2D(1, 1, activation="sigmoid",
+                            kernel_initializer=keras.initializers.Constant(20.0),
+                            bias_initializer=keras.initializers.Constant(-10.0)),
+    ])
+
+
+def left_right_model(size=SIZE):
+    """Softmax logits (0, 2 - 10 x, 10 x - 8): dark -> class 1, mid-grey -> 0, bright -> class 2."""
+    layer = keras.layers.Conv2D(3, 1, activation="softmax")
+    model = keras.Sequential([keras.Input((size, size, 1)), layer])
+    layer.set_weights([np.array([0.0, -10.0, 10.0]).reshape(1, 1, 1, 3), np.array([0.0, 2.0, -8.0])])
+    return model
+
+
+def finished_run(folder, model, **params):
+    """A run folder with params.json, model.keras and the in-site metrics.json."""
+    n_classes = int(model.output_shape[-1])
+    run = train.open_run(folder, {
+        "normalization": "minmax", "image_size": [SIZE, SIZE], "dataset": "xray", "epochs": 1,
+        "mask_mode": "binary" if n_classes == 1 else "left_right", "n_classes": n_classes,
+        "threshold": 0.5, **params,
+    })
+    model.save(run.model_path)
+    train.write_json(run.metrics_path, {"val_dice": 0.9, "best_epoch": 1})
+    return run
+
+
+def columns_image(bright_columns, dark_columns=(), grey=100):
+    """A 32x32 uint8 image: ``grey`` everywhere, 255 on ``bright_columns``, 0 on ``dark_columns``.
+
+    After min-max scaling grey 100 is 0.39 (background for the threshold model) and grey 128 is
+    0.502 (background for the left/right model, lung for the threshold model).
+    """
+    image = np.full((SIZE, SIZE), grey, np.uint8)
+    image[:, bright_columns] = 255
+    image[:, dark_columns] = 0
+    return image
+
+
+def columns_mask(*column_ranges):
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    for columns in column_ranges:
+        mask[:, columns] = 255
+    return mask
+
+
+def write_site(folder, pairs):
+    """A data folder in the X-ray layout (cxr/ + masks/, same file names)."""
+    for sub in ("cxr", "masks"):
+        (folder / sub).mkdir(parents=True)
+    for name, (image, mask) in pairs.items():
+        cv2.imwrite(str(folder / "cxr" / f"{name}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"{name}.png"), mask)
+    return folder
+
+
+def known_site(folder):
+    """Three images whose Dice with the threshold model is known: 1, 0.8 and 0.
+
+    The model calls the bright columns lung. "a": mask = bright columns 16-31 (Dice 1). "b": 512
+    bright pixels, mask columns 8-31 (768 pixels): IoU 2/3, Dice 0.8, precision 1, recall 2/3.
+    "c": bright columns 0-15, mask columns 16-31: nothing right, Dice 0.
+    """
+    right = slice(16, 32)
+    return write_site(folder, {
+        "a": (columns_image(right, slice(0, 4)), columns_mask(right)),
+        "b": (columns_image(right, slice(0, 4)), columns_mask(slice(8, 32))),
+        "c": (columns_image(slice(0, 16), slice(28, 32)), columns_mask(right)),
+    })
+
+
+def test_evaluate_folder_scores_writes_files_and_merges_metrics(tmp_path):
+    run = finished_run(tmp_path / "run", threshold_model())
+    site = known_site(tmp_path / "other-hospital")
+    summary = evaluate.evaluate_folder(run.path, site, progress=False)
+
+    key = "cross_site.other-hospital."
+    assert summary[key + "dice"] == pytest.approx((1 + 0.8 + 0) / 3)
+    assert summary[key + "iou"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    assert summary[key + "precision"] == pytest.approx((1 + 1 + 0) / 3)
+    assert summary[key + "recall"] == pytest.approx((1 + 2 / 3 + 0) / 3)
+    low, high = judgement.bootstrap_interval([1.0, 0.8, 0.0], seed=0)
+    assert (summary[key + "dice_ci_low"], summary[key + "dice_ci_high"]) == pytest.approx((low, high))
+    assert summary[key + "dice_ci_low"] < summary[key + "dice"] < summary[key + "dice_ci_high"]
+    assert summary[key + "dice_p10"] == pytest.approx(np.percentile([1.0, 0.8, 0.0], 10))
+    assert (summary[key + "n_images"], summary[key + "threshold"]) == (3, 0.5)
+
+    stored = train.read_json(run.metrics_path)
+    assert stored["val_dice"] == 0.9 and stored["best_epoch"] == 1
+    assert {name: stored[name] for name in summary} == summary
+    folder = run.path / "cross_site" / "other-hospital"
+    table = pd.read_csv(folder / "per_image.csv")
+    assert table["name"].tolist() == ["a.png", "b.png", "c.png"]
+    assert table["dice"].tolist() == pytest.approx([1.0, 0.8, 0.0])
+    site_metrics = train.read_json(folder / "metrics.json")
+    assert site_metrics["dice"] == pytest.approx(summary[key + "dice"])
+    assert site_metrics["data_dir"] == str(site.resolve())
+    assert cv2.imread(str(folder / "gallery.png")) is not None
+    assert not [path for path in run.path.rglob(".*")]
+
+
+def test_evaluate_folder_again_replaces_only_that_sites_keys(tmp_path):
+    run = finished_run(tmp_path / "run", threshold_model())
+    site = known_site(tmp_path / "site")
+    run.update_metrics({"cross_site.site.old_key": 1.0, "cross_site.elsewhere.dice": 0.5})
+    summary = evaluate.evaluate_folder(run.path, site, name="site", limit=2, threshold=0.6,
+                                       progress=False)
+    stored = train.read_json(run.metrics_path)
+    assert "cross_site.site.old_key" not in stored
+    assert stored["cross_site.elsewhere.dice"] == 0.5
+    assert stored["cross_site.site.n_images"] == summary["cross_site.site.n_images"] == 2
+    assert stored["cross_site.site.threshold"] == 0.6
+    assert stored["cross_site.site.dice"] == pytest.approx(0.9)
+
+
+def test_evaluate_folder_left_right_run_reports_each_lung(tmp_path):
+    run = finished_run(tmp_path / "run", left_right_model())
+    # Dark columns 0-9 -> class 1, bright columns 22-31 -> class 2. The binary mask's two
+    # regions become derived labels: columns 0-9 right lung (1), columns 24-31 left lung (2).
+    image = columns_image(slice(22, 32), slice(0, 10), grey=128)
+    site = write_site(tmp_path / "site", {"x": (image, columns_mask(slice(0, 10), slice(24, 32)))})
+    summary = evaluate.evaluate_folder(run.path, site, progress=False)
+    assert summary["cross_site.site.dice_class1"] == 1.0
+    assert summary["cross_site.site.dice_class2"] == pytest.approx(2 * 8 / (10 + 8))
+    assert summary["cross_site.site.dice"] == pytest.approx((1 + 16 / 18) / 2)
+    assert summary["cross_site.site.threshold"] is None
+    text = evaluate.describe_cross_site(summary, "site")
+    assert "right lung Dice (class 1): 1.000" in text and "argmax" in text
+
+
+def test_evaluate_folder_refuses_bad_names_and_folders(tmp_path):
+    run = finished_run(tmp_path / "run", threshold_model())
+    site = known_site(tmp_path / "site")
+    with pytest.raises(ValueError, match="site name 'a/b'"):
+        evaluate.evaluate_folder(run.path, site, name="a/b")
+    with pytest.raises(ValueError, match="site name 'v1.2'"):
+        evaluate.evaluate_folder(run.path, tmp_path / "v1.2")
+    with pytest.raises(data.DataError, match="no data set found"):
+        evaluate.evaluate_folder(run.path, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate.evaluate_folder(tmp_path / "no-run", site)
+    assert not (run.path / "cross_site").exists()
+
+
+def test_evaluate_command_prints_the_summary_and_errors_in_one_line(tmp_path):
+    run = finished_run(tmp_path / "run", threshold_model())
+    site = known_site(tmp_path / "site")
+    done = subprocess.run(
+        [sys.executable, "-m", "lunghelpers.evaluate", str(run.path), str(site), "--name", "clinic"],
+        capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "clinic: 3 images, threshold 0.5" in done.stdout
+    assert "dice: 0.600 (95% interval" in done.stdout
+    assert "cross_site.clinic.dice" in train.read_json(run.metrics_path)
+    failed = subprocess.run(
+        [sys.executable, "-m", "lunghelpers.evaluate", str(run.path), str(tmp_path / "missing")],
+        capture_output=True, text=True, cwd=paths.PROJECT_ROOT, timeout=300,
+    )
+    assert failed.returncode == 2
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no data set found" in lines[0], failed.stderr
+
+
+@pytest.mark.skipif(not MONTGOMERY.is_dir(), reason=f"Montgomery X-rays not found at {MONTGOMERY}")
+def test_evaluate_folder_on_real_montgomery_images(tmp_path):
+    run = finished_run(tmp_path / "run", models.unet((SIZE, SIZE, 1), base_filters=4, depth=2),
+                       normalization="clahe")
+    summary = evaluate.evaluate_folder(run.path, MONTGOMERY, limit=4, progress=False)
+    key = "cross_site.montgomery."
+    assert summary[key + "n_images"] == 4
+    for score in ("dice", "iou", "precision", "recall"):
+        assert 0 <= summary[key + score + "_ci_low"] <= summary[key + score] <= summary[key + score + "_ci_high"] <= 1
+    table = pd.read_csv(run.path / "cross_site" / "montgomery" / "per_image.csv")
+    assert table["name"].str.startswith("MCUCXR_").all() and len(table) == 4
+    # The truth is Montgomery's own masks: about a quarter of each image is lung.
+    assert table["target_fraction"].between(0.1, 0.45).all()
