@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,29 @@ def quick_mode() -> bool:
     """
     return os.environ.get("LUNGHELPERS_QUICK", "0").strip().lower() in ("1", "true", "yes")
 
+
+#: Numeric parameters: (type, lower test, upper test, may be None, what is expected).
+_ANY = (lambda value: True)
+RANGES = {
+    "epochs": (int, lambda v: v >= 1, _ANY, False, "a whole number of at least 1"),
+    "batch_size": (int, lambda v: v >= 1, _ANY, False, "a whole number of at least 1"),
+    "steps_per_epoch": (int, lambda v: v >= 1, _ANY, True, "a whole number of at least 1"),
+    "seed": (int, lambda v: v >= 0, _ANY, False, "a whole number of at least 0"),
+    "limit": (int, lambda v: v >= 1, _ANY, True, "a whole number of at least 1"),
+    "train_size": (int, lambda v: v >= 1, _ANY, True, "a whole number of at least 1"),
+    "base_filters": (int, lambda v: v >= 1, _ANY, False, "a whole number of at least 1"),
+    "depth": (int, lambda v: v >= 1, lambda v: v <= 8, False, "a whole number from 1 to 8"),
+    "learning_rate": ((int, float), lambda v: v > 0, lambda v: v < 1, False, "a number in (0, 1)"),
+    "weight_decay": ((int, float), lambda v: v >= 0, lambda v: v < 1, True, "a number in [0, 1)"),
+    "momentum": ((int, float), lambda v: v >= 0, lambda v: v < 1, True, "a number in [0, 1)"),
+    "clipnorm": ((int, float), lambda v: v > 0, _ANY, True, "a positive number"),
+    "dropout_rate": ((int, float), lambda v: v >= 0, lambda v: v < 1, False, "a fraction in [0, 1)"),
+    "batch_norm_momentum": ((int, float), lambda v: v > 0, lambda v: v < 1, False, "a number in (0, 1)"),
+    "train_noise_fraction": ((int, float), lambda v: v >= 0, lambda v: v <= 1, False, "a fraction in [0, 1]"),
+    "val_noise_fraction": ((int, float), lambda v: v >= 0, lambda v: v <= 1, False, "a fraction in [0, 1]"),
+    "noise_sigma": ((int, float), lambda v: v > 0, _ANY, True, "a positive number"),
+    "threshold": ((int, float), lambda v: v > 0, lambda v: v < 1, False, "a number in (0, 1)"),
+}
 
 #: The lesson whose ``parameters`` cell defines every run's defaults, and the run's default name.
 TRAINING_NOTEBOOK = "05_training.ipynb"
@@ -146,9 +170,13 @@ class ExperimentConfig:
             )
         if self.model not in ("simple_unet", "unet"):
             raise ValueError(f"model must be 'simple_unet' or 'unet', got {self.model!r}")
-        for name in ("batch_size", "epochs"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        for name, (kind, low, high, optional, what) in RANGES.items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or not (low(value) and high(value)):
+                raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
 
     @classmethod
     def from_params(cls, params: dict) -> "ExperimentConfig":
@@ -415,8 +443,10 @@ def ensure_run(run_dir: str | Path | None = None, **parameters):
     """The finished run in ``run_dir``, trained first by executing the training notebook if needed.
 
     ``parameters`` are training-notebook parameters (``EPOCHS=3, LOSS="dice"``); ``run_dir=None``
-    means ``runs/<NAME>``. A folder that holds a finished run with these parameters is returned as
-    it is; one with other parameters raises ``train.RunParametersError`` naming them. Otherwise
+    means ``runs/<NAME>``. A folder that holds a finished run with these parameters (or any finished
+    run, when no parameters are given) is returned as it is; one with other parameters raises
+    ``train.RunParametersError`` naming them. Without parameters, an interrupted run continues with
+    the parameters it recorded, and an empty folder gets the notebook's defaults. Otherwise
     ``notebooks/05_training.ipynb`` is executed with papermill, with these parameters and
     ``RUN_DIR``, and its executed copy is kept in the run folder as ``05_training.ipynb``; an
     interrupted run continues where it stopped. So every run of the kit is trained by the cells
@@ -428,11 +458,15 @@ def ensure_run(run_dir: str | Path | None = None, **parameters):
     name = parameters.get("NAME", _DEFAULTS["name"])
     run = train.RunFolder(Path(run_dir or paths.RUNS_ROOT / name).expanduser().resolve())
     if run.finished:
-        wanted = _training_config(parameters).to_dict()
-        differing = train.differences(run.params(), wanted)
-        if differing:
-            train.open_run(run.path, wanted)  # raises RunParametersError naming the differences
+        if parameters:
+            differing = train.differences(run.params(), _training_config(parameters).to_dict())
+            if differing:
+                train.open_run(run.path, _training_config(parameters).to_dict())  # raises, naming them
         return run
+    if not parameters and run.params_path.exists():
+        # "The run in this folder": an interrupted run continues with the parameters it recorded.
+        parameters = {**{key.upper(): value for key, value in run.params().items() if key in _DEFAULTS},
+                      "QUICK": False}
     _execute(TRAINING_NOTEBOOK, run.path / TRAINING_NOTEBOOK, {**parameters, "RUN_DIR": str(run.path)})
     return run
 

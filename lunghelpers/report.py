@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import datetime as _dt
-import html
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -51,30 +51,6 @@ SUMMARY_METRICS = (
     "epochs_completed",
     "seconds_per_epoch",
 )
-#: Parameters shown in the summary table, when a run set them.
-SUMMARY_PARAMETERS = (
-    "DATASET",
-    "MODEL",
-    "BASE_FILTERS",
-    "LOSS",
-    "DROPOUT_RATE",
-    "BATCH_NORM",
-    "AUGMENT",
-    "MASK_MODE",
-    "IMAGE_SIZE",
-    "EPOCHS",
-    "LIMIT",
-    "TRAIN_SIZE",
-    "TRAIN_NOISE_FRACTION",
-    "VAL_NOISE_FRACTION",
-)
-#: What a quick-scale report says above its table, so nobody takes its numbers for results.
-QUICK_SCALE_NOTE = (
-    "<p class='quick'><b>Quick scale:</b> every run trains a few epochs on small images (often on only part "
-    "of the set), so that the whole report finishes in minutes on a CPU. It shows that each notebook runs and what it writes; its "
-    "scores are far from what the recipes reach and must not be compared with the source's figures. Use "
-    "<code>--scale full</code> for results.</p>"
-)
 #: Folder names of the real sets under ``--data-root`` (the layout of ``../shared/data``).
 DATA_SUBDIRS = {"ct": ("kaggle_ct2d", "ct"), "xray": ("xray", "cxr")}
 
@@ -93,6 +69,9 @@ class RunSpec:
     reference: dict = field(default_factory=dict)
     #: The run of the experiment file it comes from (differs from ``name`` for a sweep's runs).
     group: str = ""
+    #: Data folders under ``data_root`` to score the finished run on (another hospital's images).
+    cross_site: list = field(default_factory=list)
+    data_root: str | None = None
 
 
 @dataclass
@@ -102,6 +81,7 @@ class RunResult:
     spec: RunSpec
     run_dir: Path
     executed: list = field(default_factory=list)
+    rendered: list = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
 
@@ -166,14 +146,18 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
             _check_parameter_names(path, name, parameters, notebooks)
             if data_root is not None:
                 parameters["DATA_DIR"] = str(resolve_data_dir(data_root, parameters.get("DATASET", "ct")))
-            runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {}), str(run["name"])))
+            sites = run.get("cross_site", document.get("cross_site", []))
+            if not isinstance(sites, list) or not all(isinstance(site, str) and site.isidentifier() for site in sites):
+                raise ExperimentFileError(f"{path}: run {name!r}: cross_site must be a list of folder names under --data-root")
+            runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {}), str(run["name"]),
+                                cross_site=list(sites), data_root=None if data_root is None else str(Path(data_root).resolve())))
     return header, runs
 
 
 #: The sections of an experiment file.
-DOCUMENT_KEYS = {"name", "description", "notebooks", "parameters", "quick", "runs"}
+DOCUMENT_KEYS = {"name", "description", "notebooks", "parameters", "quick", "runs", "cross_site"}
 #: The keys a run of an experiment file may have.
-RUN_KEYS = {"name", "notebooks", "parameters", "quick", "reference", "sweep"}
+RUN_KEYS = {"name", "notebooks", "parameters", "quick", "reference", "sweep", "cross_site"}
 
 
 def _expand_sweep(path, name, sweep):
@@ -254,39 +238,91 @@ def new_report_dir(name: str, root: Path | None = None) -> Path:
     raise RuntimeError(f"could not create a new report folder under {root}")
 
 
-def execute_run(spec: RunSpec, report_dir: Path, progress: bool = True) -> RunResult:
-    """Execute the run's notebooks in order with papermill; record the first error and stop there."""
+def execute_run(spec: RunSpec, report_dir: Path, progress: bool = True, timeout: float | None = None) -> RunResult:
+    """Execute the run's notebooks in order with papermill; record the first error and stop there.
+
+    Each notebook gets only its own parameters (plus ``RUN_DIR``); everything the notebooks print
+    goes to the run's ``log.txt``, and each executed notebook is also rendered as HTML beside it.
+    ``timeout`` bounds every cell, so a stuck run fails instead of stalling the report.
+    """
     import time
 
     import papermill
+
+    from lunghelpers.experiment import papermill_parameters
 
     run_dir = report_dir / "runs" / spec.name
     notebook_dir = run_dir / "notebooks"
     notebook_dir.mkdir(parents=True, exist_ok=True)
     result = RunResult(spec, run_dir)
     start = time.perf_counter()
-    for notebook in spec.notebooks:
-        output = notebook_dir / notebook
-        own = notebook_parameters(notebook)
-        parameters = {key: value for key, value in spec.parameters.items() if key in own}
-        parameters["RUN_DIR"] = str(run_dir)
-        try:
-            papermill.execute_notebook(
-                str(paths.NOTEBOOKS_ROOT / notebook),
-                str(output),
-                parameters=parameters,
-                kernel_name=KERNEL_NAME,
-                cwd=str(paths.NOTEBOOKS_ROOT),
-                progress_bar=progress,
-            )
-            result.executed.append(output)
-        except Exception as error:  # noqa: BLE001 - any failure is recorded, the other runs go on
-            if output.exists():
+    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+        for notebook in spec.notebooks:
+            output = notebook_dir / notebook
+            own = notebook_parameters(notebook)
+            parameters = {key: value for key, value in spec.parameters.items() if key in own}
+            parameters["RUN_DIR"] = str(run_dir)
+            log.write(f"==== {notebook} ====\n")
+            log.flush()
+            try:
+                papermill.execute_notebook(
+                    str(paths.NOTEBOOKS_ROOT / notebook),
+                    str(output),
+                    parameters=papermill_parameters(parameters),
+                    kernel_name=KERNEL_NAME,
+                    cwd=str(paths.NOTEBOOKS_ROOT),
+                    progress_bar=False,
+                    log_output=True,
+                    stdout_file=log,
+                    stderr_file=log,
+                    execution_timeout=timeout,
+                )
                 result.executed.append(output)
-            result.error = f"{notebook}: {summarize_error(error)}"
-            break
+            except Exception as error:  # noqa: BLE001 - any failure is recorded, the other runs go on
+                if output.exists():
+                    result.executed.append(output)
+                result.error = f"{notebook}: {summarize_error(error)}"
+                break
+    if result.error is None:
+        result.error = cross_site(spec, run_dir)
     result.seconds = time.perf_counter() - start
+    result.rendered = [render_notebook(path) for path in result.executed]
     return result
+
+
+def cross_site(spec: RunSpec, run_dir: Path) -> str | None:
+    """Score a finished run on each of its ``cross_site`` folders; an error message or ``None``.
+
+    Without ``--data-root`` there is no other site to score on: the run says so in its log.
+    """
+    if not spec.cross_site:
+        return None
+    if spec.data_root is None:
+        with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+            log.write(f"cross-site evaluation on {spec.cross_site} skipped: no --data-root given\n")
+        return None
+    from lunghelpers import evaluate
+
+    for site in spec.cross_site:
+        try:
+            evaluate.evaluate_folder(run_dir, Path(spec.data_root) / site, name=site, progress=False)
+        except Exception as error:  # noqa: BLE001 - recorded as the run's failure
+            return f"cross-site evaluation on {site}: {summarize_error(error)}"
+    return None
+
+
+def render_notebook(path: Path) -> Path | None:
+    """An HTML rendering of an executed notebook beside it (``None`` if it cannot be rendered)."""
+    import nbconvert
+    import nbformat
+
+    try:
+        body, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(path, as_version=4))
+    except Exception:  # noqa: BLE001 - a broken copy still has its .ipynb link
+        return None
+    html_path = path.with_suffix(".html")
+    html_path.write_text(body, encoding="utf-8")
+    return html_path
 
 
 def summarize_error(error: BaseException) -> str:
@@ -305,112 +341,355 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def image_tag(path: Path, width: str = "100%") -> str:
-    """An <img> with the PNG embedded, so the report is one self-contained file."""
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    title = html.escape(path.stem.replace("_", " "))
-    return f'<figure><img style="max-width:{width}" src="data:image/png;base64,{encoded}" alt="{title}"><figcaption>{title}</figcaption></figure>'
+def data_uri(path: Path) -> str:
+    """A PNG as a data URI, so the report is one self-contained file."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def summary_table(results: list) -> pd.DataFrame:
-    """One row per run: status, the parameters that differ between runs, the final metrics."""
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path, dtype={"name": str})
+    except (OSError, ValueError):
+        return None
+
+
+def _run_files(result: RunResult) -> dict:
+    """What a run wrote: its params, metrics, history and per-image table."""
+    from lunghelpers import train
+
+    params = read_json(result.run_dir / "params.json").get("params", {})
+    history = train.read_history(train.RunFolder(result.run_dir)) if (result.run_dir / "history.csv").exists() else None
+    return {
+        "params": params,
+        "metrics": read_json(result.run_dir / "metrics.json"),
+        "history": history,
+        "per_image": _read_csv(result.run_dir / "per_image.csv"),
+    }
+
+
+def held_out_split(metrics: dict) -> str | None:
+    """The split a run's per-image table scores: "test" when it has a test split, else "val"."""
+    if "n_test" in metrics:
+        return "test"
+    if "n_val" in metrics:
+        return "val"
+    return None
+
+
+#: Per-image columns given with a 95 % bootstrap interval, and their headers.
+INTERVAL_COLUMNS = {"dice": "Dice", "iou": "IoU at 0.5", "iou@0.1": "IoU at 0.1"}
+SPLIT_WORDS = {"test": "test", "val": "validation"}
+
+
+def results_table(results: list, files: dict) -> pd.DataFrame:
+    """One row per run, every figure from the kept model (``model.keras``), with intervals.
+
+    Columns say in words which model, split and reduction each figure is: the kept epoch's
+    validation loss and Dice as Keras logged them (pooled over the validation pixels), then the
+    held-out split's per-image means with a seeded 95 % bootstrap interval, then the source's
+    reported figures beside ours.
+    """
+    from lunghelpers import judgement
+
     rows = []
     for result in results:
-        metrics = read_json(result.run_dir / "metrics.json")
+        run = files[result.spec.name]
+        metrics, table = run["metrics"], run["per_image"]
         row = {"run": result.spec.name, "status": "failed" if result.error else "ok"}
-        for key in SUMMARY_PARAMETERS:
-            if key in result.spec.parameters:
-                value = result.spec.parameters[key]
-                row[key.lower()] = json.dumps(value) if isinstance(value, (list, dict)) else value
-        for key in SUMMARY_METRICS:
+        if "best_epoch" in metrics:
+            row["kept epoch"] = f"{metrics['best_epoch']} of {metrics.get('epochs_completed', '?')}"
+        for key, label in (("best_val_loss", "validation loss"), ("best_val_dice", "validation Dice")):
             if key in metrics:
-                row[key] = metrics[key]
+                row[f"{label} (kept epoch, pooled)"] = metrics[key]
+        split = held_out_split(metrics)
+        if split is not None and table is not None:
+            words = SPLIT_WORDS[split]
+            for column, label in INTERVAL_COLUMNS.items():
+                if column in table:
+                    low, high = judgement.bootstrap_interval(table[column], seed=0)
+                    row[f"{words} {label} (kept model, per-image mean, 95% interval)"] = (
+                        f"{table[column].mean():.3f} [{low:.3f}, {high:.3f}]")
+            if f"{split}_accuracy" in metrics:
+                row[f"{words} pixel accuracy (kept model)"] = metrics[f"{split}_accuracy"]
+            row["images"] = len(table)
+        for site in result.spec.cross_site:
+            key = f"cross_site.{site}.dice"
+            if key in metrics:
+                row[f"{site} Dice (kept model, per-image mean, 95% interval)"] = (
+                    f"{metrics[key]:.3f} [{metrics[key + '_ci_low']:.3f}, {metrics[key + '_ci_high']:.3f}]")
         for key, value in result.spec.reference.items():
-            row[f"source {key}"] = value
+            row[f"source: {key}"] = value
+        if "seconds_per_epoch" in metrics:
+            row["s / epoch"] = metrics["seconds_per_epoch"]
         row["minutes"] = round(result.seconds / 60, 2)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def comparison_figures(results: list, report_dir: Path) -> list:
-    """Validation curves of all finished runs side by side, saved as PNGs in the report folder."""
+def summary_table(results: list) -> pd.DataFrame:
+    """``summary.csv``: one row per run, its status, what it set and the raw figures of metrics.json."""
+    rows = []
+    for result in results:
+        metrics = read_json(result.run_dir / "metrics.json")
+        row = {"run": result.spec.name, "status": "failed" if result.error else "ok"}
+        row.update({key.lower(): json.dumps(value) if isinstance(value, (list, dict)) else value
+                    for key, value in result.spec.parameters.items() if key not in ("NAME", "RUN_DIR")})
+        row.update({key: value for key, value in metrics.items() if key in SUMMARY_METRICS})
+        row["minutes"] = round(result.seconds / 60, 2)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def parameter_tables(results: list, files: dict) -> tuple[pd.DataFrame, dict]:
+    """The parameters that differ between runs (a table) and those they share (a dict)."""
+    recorded = {result.spec.name: files[result.spec.name]["params"] for result in results}
+    names = sorted({key for params in recorded.values() for key in params} - {"name", "run_dir", "data_dir"})
+    shared, differing = {}, []
+    for key in names:
+        values = [json.dumps(params.get(key)) for params in recorded.values()]
+        if len(set(values)) == 1:
+            shared[key] = values[0]
+        else:
+            differing.append(key)
+    table = pd.DataFrame({run: {key.upper(): json.dumps(params.get(key)) for key in differing}
+                          for run, params in recorded.items()}).T
+    table.index.name = "run"
+    return table, {key.upper(): value for key, value in shared.items()}
+
+
+def quick_banner(files: dict) -> str:
+    """What a quick-scale report says above its numbers, from the runs' own parameters."""
+    sizes, epochs, images = set(), set(), set()
+    for run in files.values():
+        params, metrics = run["params"], run["metrics"]
+        if params:
+            sizes.add("x".join(str(side) for side in params.get("image_size", [])))
+            epochs.add(str(metrics.get("epochs_completed", params.get("epochs"))))
+            images.add(str(params.get("limit") or "all"))
+    return (
+        f"Quick scale: these runs trained {'/'.join(sorted(epochs, key=str)) or '?'} epochs at "
+        f"{'/'.join(sorted(sizes)) or '?'} px on at most {'/'.join(sorted(images))} images each, so that the whole "
+        "report finishes in minutes on a CPU. It shows that every notebook runs and what it writes; its scores are "
+        "far from what the recipes reach and must not be compared with the source's figures. Use --scale full for results."
+    )
+
+
+def comparisons(results: list, files: dict) -> list:
+    """Each run's per-image Dice against the first run's, as the judgement function words it."""
+    from lunghelpers import judgement
+
+    finished = [result for result in results if files[result.spec.name]["per_image"] is not None]
+    sentences = []
+    for result in finished[1:]:
+        first = finished[0]
+        a, b = files[result.spec.name], files[first.spec.name]
+        split = held_out_split(a["metrics"])
+        if split is None or split != held_out_split(b["metrics"]) or "dice" not in a["per_image"]:
+            continue
+        scores_a = a["per_image"].set_index("name")["dice"]
+        scores_b = b["per_image"].set_index("name")["dice"]
+        sentences.append(judgement.compare_runs(result.spec.name, scores_a, first.spec.name, scores_b,
+                                                metric="dice", split=split))
+    return sentences
+
+
+def comparison_figures(results: list, report_dir: Path, files: dict) -> list:
+    """Validation curves of all runs side by side, saved as PNGs in the report folder."""
     from lunghelpers import plots
 
-    histories = {}
-    for result in results:
-        history_path = result.run_dir / "history.csv"
-        if history_path.exists():
-            histories[result.spec.name] = pd.read_csv(history_path)
+    histories = {name: run["history"] for name, run in files.items() if run["history"] is not None and not run["history"].empty}
     figures = []
-    if not histories:
-        return figures
     for metric in ("val_loss", "val_dice"):
-        if any(metric in history for history in histories.values()):
-            figure = plots.compare_curves(histories, metric=metric)
+        if histories and any(metric in history for history in histories.values()):
             path = report_dir / f"compare_{metric}.png"
-            plots.save_figure(figure, path)
+            plots.save_figure(plots.compare_curves(histories, metric=metric), path)
             figures.append(path)
     return figures
 
 
-def write_report(header: dict, results: list, report_dir: Path, scale: str, command: str) -> Path:
-    """Write ``index.html`` from the run folders; returns its path."""
-    table = summary_table(results)
-    comparisons = comparison_figures(results, report_dir)
-    styles = (
-        "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;font-size:0.85em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "th{background:#f3f3f3}.failed{background:#fde8e8}figure{display:inline-block;margin:0.5em;vertical-align:top}"
-        "figcaption{font-size:0.8em;color:#555}pre{background:#f6f6f6;padding:0.6em;overflow-x:auto;white-space:pre-wrap}"
-    )
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(header['name'])} report</title><style>{styles}</style></head><body>",
-        f"<h1>{html.escape(header['name'])}</h1>",
-        f"<p>{html.escape(str(header['description']))}</p>",
-        f"<p>Scale: <b>{scale}</b>. Written {_dt.datetime.now():%Y-%m-%d %H:%M}. Command: <code>{html.escape(command)}</code>. "
-        f"Experiment file: <code>{html.escape(header['source'])}</code>.</p>",
-        "<p>Numbers come from each run's <code>metrics.json</code>. Dice, IoU, precision and recall are foreground "
-        "(lung) scores at threshold 0.5 unless a column says otherwise; CPU runs are reproducible with the same seed, "
-        "other hardware may differ in the last digits.</p>",
-        QUICK_SCALE_NOTE if scale == "quick" else "",
-        "<h2>Final metrics</h2>",
-        table.to_html(index=False, float_format=lambda value: f"{value:.4f}", na_rep="", border=0)
-        .replace("<td>failed</td>", "<td class='failed'>failed</td>"),
-    ]
-    failures = [result for result in results if result.error]
-    if failures:
-        parts.append("<h2>Failed runs</h2>")
-        for result in failures:
-            parts.append(f"<h3>{html.escape(result.spec.name)}</h3><pre>{html.escape(result.error)}</pre>")
-    if comparisons:
-        parts.append("<h2>Learning curves, all runs</h2>")
-        parts.extend(image_tag(path, "48%") for path in comparisons)
-    parts.append("<h2>Runs</h2>")
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=paths.PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=paths.PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + (" with uncommitted changes" if dirty else "")) or "unknown"
+
+
+def _styled(table: pd.DataFrame) -> str:
+    """A pandas Styler rendering: numbers to 4 digits, failed runs marked."""
+    if table.empty:
+        return ""
+    styler = table.style.format(precision=4, na_rep="")
+    if "status" in table:
+        styler = styler.map(lambda value: "background:#fde8e8" if value == "failed" else "", subset=["status"])
+    return styler.hide(axis="index").to_html() if "run" in table else styler.to_html()
+
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>{{ header.name }} report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1320px;padding:0 1em;color:#222;line-height:1.45}
+.scroll{overflow-x:auto;max-width:100%;border:1px solid #ddd;margin:.5em 0 1em}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;vertical-align:top}
+th{background:#f3f3f3;text-align:center}
+.banner{background:#fff6d6;border:1px solid #e6c200;padding:.6em 1em;border-radius:4px}
+.incomplete{background:#fde8e8;border:1px solid #c00;padding:.6em 1em;border-radius:4px}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1em}
+figure{margin:0}figure img{width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.85em;color:#555}
+pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}
+.meta{color:#555;font-size:.9em}
+</style></head><body>
+<h1>{{ header.name }}</h1>
+<p>{{ header.description }}</p>
+<p class="meta">Scale <b>{{ scale }}</b> · written {{ written }} · total time {{ total_minutes }} min · commit {{ commit }}
+{% for key, value in versions.items() %} · {{ key }} {{ value }}{% endfor %}<br>
+Command: <code>{{ command }}</code> · experiment file: <code>{{ header.source }}</code></p>
+{% if not complete %}<p class="incomplete"><b>Incomplete:</b> {{ finished }} of {{ total }} runs finished
+({{ finished_names }}); the report was interrupted or is still running.</p>{% endif %}
+{% if banner %}<p class="banner">{{ banner }}</p>{% endif %}
+<h2>Results</h2>
+<p>Every figure of a row comes from the same model: the kept epoch's weights (<code>model.keras</code>, the lowest
+validation loss). Validation loss and Dice are that epoch's, as Keras logged them (pooled over all validation pixels);
+held-out figures are means over images of that model's per-image scores at threshold 0.5 (IoU also at the source's 0.1),
+with a seeded 95&nbsp;% bootstrap interval over images. Epochs count from 1. Same seed and machine, same numbers;
+other CPUs, GPUs or thread counts change them, the source recipe's by up to 0.02 in IoU.</p>
+<div class="scroll">{{ results_html }}</div>
+{% for sentence in comparisons %}{{ sentence }}{% endfor %}
+<h2>What the runs set</h2>
+<div class="scroll">{{ parameters_html }}</div>
+<details><summary>Parameters every run shares</summary><p class="meta">{% for key, value in shared.items() %}{{ key }} = {{ value }}{% if not loop.last %} · {% endif %}{% endfor %}</p></details>
+{% if failures %}<h2>Failed runs</h2>
+{% for run in failures %}<h3>{{ run.name }}</h3><pre>{{ run.error }}</pre><p>Log: <a href="{{ run.log }}">{{ run.log }}</a>{% for link in run.links %} · <a href="{{ link }}">{{ link.split('/')[-1] }}</a>{% endfor %}</p>{% endfor %}{% endif %}
+{% if compare_figures %}<h2>Learning curves, all runs</h2><div class="grid">
+{% for figure in compare_figures %}<figure><img src="{{ figure.src }}" alt="{{ figure.caption }}"><figcaption>{{ figure.caption }}</figcaption></figure>{% endfor %}</div>{% endif %}
+<h2>Runs</h2>
+{% for run in runs %}<h3 id="{{ run.name }}">{{ run.name }}</h3>
+<p>{% if run.links %}Executed notebooks: {% for link in run.links %}<a href="{{ link }}">{{ link.split('/')[-1] }}</a>{% if not loop.last %}, {% endif %}{% endfor %} · {% endif %}log: <a href="{{ run.log }}">log.txt</a></p>
+{{ run.reading }}
+<div class="grid">{% for figure in run.figures %}<figure><img src="{{ figure.src }}" alt="{{ figure.caption }}"><figcaption>{{ figure.caption }}</figcaption></figure>{% endfor %}</div>
+{% endfor %}
+</body></html>
+"""
+
+
+def write_report(header: dict, results: list, report_dir: Path, scale: str, command: str,
+                 total: int | None = None, seconds: float = 0.0) -> Path:
+    """Write ``index.html`` (and ``summary.csv``) from the run folders; returns its path.
+
+    Called after every finished run, so an interrupted report's page says which runs finished.
+    """
+    import jinja2
+    import mistune
+
+    from lunghelpers import judgement, train
+
+    files = {result.spec.name: _run_files(result) for result in results}
+    results_frame = results_table(results, files)
+    parameters_frame, shared = parameter_tables(results, files)
+    environment = next((read_json(r.run_dir / "params.json").get("environment", {}) for r in results
+                        if (r.run_dir / "params.json").exists()), {})
+    runs, failures = [], []
     for result in results:
-        parts.append(f"<h3 id='{html.escape(result.spec.name)}'>{html.escape(result.spec.name)}</h3>")
+        run = files[result.spec.name]
+        links = [str(path.relative_to(report_dir)) for path in (result.rendered or result.executed) if path]
+        entry = {
+            "name": result.spec.name,
+            "links": links,
+            "log": str((result.run_dir / "log.txt").relative_to(report_dir)),
+            "reading": "",
+            "figures": [{"src": data_uri(path), "caption": f"{result.spec.name}: {path.stem.replace('_', ' ')}"}
+                        for path in sorted((result.run_dir / "figures").glob("*.png"))],
+        }
+        if run["history"] is not None and not run["history"].empty:
+            entry["reading"] = mistune.html(judgement.learning_curves(run["history"], schedule=run["params"].get("schedule")))
+        runs.append(entry)
         if result.error:
-            parts.append("<p><b>Failed</b>: see the error above and the executed notebook.</p>")
-        links = [
-            f"<a href='{html.escape(str(path.relative_to(report_dir)))}'>{html.escape(path.name)}</a>"
-            for path in result.executed
-        ]
-        if links:
-            parts.append("<p>Executed notebooks: " + ", ".join(links) + "</p>")
-        for figure in sorted((result.run_dir / "figures").glob("*.png")):
-            parts.append(image_tag(figure, "48%"))
-        parameter_rows = "".join(
-            f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(json.dumps(value))}</td></tr>"
-            for key, value in sorted(result.spec.parameters.items())
-        )
-        parts.append(f"<details><summary>Parameters</summary><table>{parameter_rows}</table></details>")
-    parts.append("</body></html>")
+            failures.append({**entry, "error": result.error})
+    compare = [{"src": data_uri(path), "caption": f"all runs: {path.stem.replace('compare_', '').replace('_', ' ')} per epoch"}
+               for path in comparison_figures(results, report_dir, files)]
+    page = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
+        header=header,
+        scale=scale,
+        written=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        total_minutes=f"{seconds / 60:.1f}",
+        commit=_git_commit(),
+        versions={key: environment[key] for key in ("tensorflow", "keras", "python") if key in environment},
+        command=command,
+        complete=(total is None or len(results) >= total),
+        finished=len(results),
+        total=total,
+        finished_names=", ".join(result.spec.name for result in results) or "none",
+        banner=quick_banner(files) if scale == "quick" else "",
+        results_html=jinja2.utils.markupsafe.Markup(_styled(results_frame)),
+        parameters_html=jinja2.utils.markupsafe.Markup(_styled(parameters_frame)),
+        shared=shared,
+        comparisons=[jinja2.utils.markupsafe.Markup(mistune.html(sentence)) for sentence in comparisons(results, files)],
+        failures=failures,
+        compare_figures=compare,
+        runs=runs,
+    )
     index = report_dir / "index.html"
-    temporary = index.with_suffix(".html.tmp")
-    temporary.write_text("\n".join(parts), encoding="utf-8")
-    temporary.replace(index)
-    table.to_csv(report_dir / "summary.csv", index=False)
+    with train.atomic_path(index) as temporary:
+        temporary.write_text(page, encoding="utf-8")
+    train.write_csv(report_dir / "summary.csv", summary_table(results))
     return index
+
+
+class EpochPrinter:
+    """Print one line per finished epoch of every run while the report runs (``--jobs N`` too).
+
+    It reads what the runs write (``history.csv``, ``params.json``) every second, so the console
+    shows progress without any of the kernels' own output.
+    """
+
+    COLUMNS = ("loss", "val_loss", "val_dice")
+
+    def __init__(self, report_dir: Path, names: list, stream=None):
+        import threading
+
+        self.report_dir, self.names = report_dir, names
+        self.stream = stream or sys.stdout
+        self.seen = {name: 0 for name in names}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.poll()
+
+    def _loop(self):
+        while not self._stop.wait(1.0):
+            self.poll()
+
+    def poll(self):
+        from lunghelpers import train
+
+        for name in self.names:
+            run = train.RunFolder(self.report_dir / "runs" / name)
+            try:
+                history = run.read_history()
+                epochs = read_json(run.params_path).get("params", {}).get("epochs", "?")
+            except (OSError, ValueError):
+                continue
+            for _, row in history.iloc[self.seen[name]:].iterrows():
+                figures = " ".join(f"{column} {row[column]:.4f}" for column in self.COLUMNS if column in row)
+                print(f"[{name}] epoch {int(row['epoch']) + 1}/{epochs} {figures}", file=self.stream, flush=True)
+            self.seen[name] = max(self.seen[name], len(history))
+
+
+#: Per-cell time limit of a report's notebooks, by scale (seconds): a stuck run fails, the report goes on.
+DEFAULT_TIMEOUTS = {"quick": 1800, "full": 12 * 3600}
 
 
 def run_report(
@@ -421,11 +700,18 @@ def run_report(
     reports_root: str | Path | None = None,
     progress: bool = True,
     command: str = "",
+    timeout: float | None = None,
 ) -> Path:
     """Execute every run of the experiment files and write the report; returns ``index.html``.
 
     All files are read and checked before anything runs, so a typo fails fast and writes nothing.
+    The page is written at the start and after every run, marked incomplete until the last one;
+    the kernels' own output goes to ``kernels.log`` and each run's ``log.txt``, not the console.
     """
+    import time
+
+    from lunghelpers.experiment import stderr_to
+
     loaded = [load_experiments(path, scale=scale, data_root=data_root) for path in experiment_files]
     runs = [run for _, run_list in loaded for run in run_list]
     names = [run.name for run in runs]
@@ -440,24 +726,35 @@ def run_report(
             "description": " ".join(str(head["description"]) for head, _ in loaded),
             "source": ", ".join(head["source"] for head, _ in loaded),
         }
+    timeout = DEFAULT_TIMEOUTS[scale] if timeout is None else timeout
     report_dir = new_report_dir(header["name"], reports_root)
     print(f"Report folder: {report_dir} ({len(runs)} runs, scale {scale})", flush=True)
-    if jobs <= 1:
-        results = []
-        for position, spec in enumerate(runs, start=1):
-            print(f"[{position}/{len(runs)}] {spec.name}", flush=True)
-            results.append(execute_run(spec, report_dir, progress))
-    else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            results = list(pool.map(lambda spec: execute_run(spec, report_dir, False), runs))
-    for result in results:
-        status = f"FAILED ({result.error})" if result.error else "ok"
+    start = time.perf_counter()
+    results = []
+    write_report(header, results, report_dir, scale, command, total=len(runs))
+
+    def finished(result):
+        results.append(result)
+        status = f"FAILED ({result.error})" if result.error else f"ok in {result.seconds / 60:.1f} min"
         print(f"  {result.spec.name}: {status}", flush=True)
-    return write_report(header, results, report_dir, scale, command)
+        write_report(header, results, report_dir, scale, command, total=len(runs), seconds=time.perf_counter() - start)
+
+    with stderr_to(report_dir / "kernels.log"), EpochPrinter(report_dir, names) if progress else contextlib.nullcontext():
+        if jobs <= 1:
+            for position, spec in enumerate(runs, start=1):
+                print(f"[{position}/{len(runs)}] {spec.name}", flush=True)
+                finished(execute_run(spec, report_dir, progress, timeout))
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                for result in pool.map(lambda spec: execute_run(spec, report_dir, False, timeout), runs):
+                    finished(result)
+    order = {name: position for position, name in enumerate(names)}
+    results.sort(key=lambda result: order[result.spec.name])
+    return write_report(header, results, report_dir, scale, command, total=len(runs), seconds=time.perf_counter() - start)
 
 
 def main(argv: list | None = None) -> int:
-    """Command line entry point; returns 0 when every run finished, 1 when some failed."""
+    """Command line entry point; returns 0 when every run finished, 1 when some failed, 2 on bad input."""
     parser = argparse.ArgumentParser(
         prog="python -m lunghelpers.report",
         description="Execute experiment parameter sets through the notebooks and write an HTML report.",
@@ -467,8 +764,12 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--data-root", default=None, help="folder with the real sets (e.g. ../shared/data); default: embedded synthetic data")
     parser.add_argument("--jobs", type=int, default=1, help="runs executed at the same time (default 1)")
     parser.add_argument("--reports-root", default=None, help="where report folders go (default: reports/)")
-    parser.add_argument("--no-progress", action="store_true", help="hide papermill's progress bars")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"seconds a notebook cell may run before its run fails (default {DEFAULT_TIMEOUTS['quick']} at quick scale, {DEFAULT_TIMEOUTS['full']} at full scale)")
+    parser.add_argument("--no-progress", action="store_true", help="no epoch lines on the console")
     arguments = parser.parse_args(argv)
+    if arguments.jobs < 1 or (arguments.timeout is not None and arguments.timeout <= 0):
+        parser.exit(2, "error: --jobs must be at least 1 and --timeout positive\n")
     command = "python -m lunghelpers.report " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         index = run_report(
@@ -479,10 +780,14 @@ def main(argv: list | None = None) -> int:
             reports_root=arguments.reports_root,
             progress=not arguments.no_progress,
             command=command,
+            timeout=arguments.timeout,
         )
-    except ExperimentFileError as error:
+    except (ExperimentFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the report folder says which runs finished", file=sys.stderr)
+        return 130
     print(f"Report written: {index}")
     failed = "failed" in pd.read_csv(index.parent / "summary.csv")["status"].tolist()
     return 1 if failed else 0

@@ -61,3 +61,16 @@ def test_count_pairs_counts_the_pairs_a_configuration_loads(tmp_path):
         for limit in (None, 4, 10)
     }
     assert counts == {None: 6, 4: 4, 10: 6}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("epochs", 0), ("epochs", 2.5), ("epochs", "3"), ("batch_size", 0), ("steps_per_epoch", -1),
+    ("steps_per_epoch", 0), ("seed", -1), ("limit", 0), ("train_size", 0), ("base_filters", 0),
+    ("depth", 9), ("learning_rate", float("nan")), ("learning_rate", 0), ("learning_rate", -1e-3),
+    ("learning_rate", 2.0), ("weight_decay", -1), ("momentum", 1.0), ("clipnorm", 0), ("dropout_rate", 1.0),
+    ("batch_norm_momentum", 0), ("train_noise_fraction", 1.5), ("val_noise_fraction", -0.1),
+    ("noise_sigma", 0), ("threshold", 0), ("threshold", 1), ("epochs", True),
+])
+def test_out_of_range_parameters_are_refused_by_name(name, value):
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        experiment.ExperimentConfig(**{name: value})

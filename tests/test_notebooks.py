@@ -241,6 +241,7 @@ def test_ensure_run_returns_a_finished_run_or_names_what_differs(trained_run):
     parameters, run_dir, files = trained_run
     run = experiment.ensure_run(run_dir, **parameters)
     assert run.path == run_dir and run.finished
+    assert experiment.ensure_run(run_dir).path == run_dir  # "the run in this folder", whatever it set
     with pytest.raises(train.RunParametersError, match=r"IMAGE_SIZE: \[32, 32\] there, \[48, 48\] here"):
         experiment.ensure_run(run_dir, **{**parameters, "IMAGE_SIZE": 48})
     assert file_digests(run_dir) == files
@@ -324,10 +325,10 @@ def test_report_records_a_failed_run_and_never_overwrites(tmp_path):
     )
 
     page = first_index.read_text(encoding="utf-8")
-    assert "<td>good</td>" in page and "<td>broken</td>" in page
-    assert "<td class='failed'>failed</td>" in page
+    assert ">good</td>" in page and ">broken</td>" in page
+    assert "background:#fde8e8" in page  # the failed run's status cell
     assert "Unknown loss name" in page  # the notebook's error, in the failure section
-    assert report.QUICK_SCALE_NOTE in page  # quick-scale numbers are flagged as no results
+    assert "Quick scale: these runs trained 1 epochs at 32x32 px" in page  # no results, says the banner
     summary = pd.read_csv(first_index.parent / "summary.csv").set_index("run")
     assert summary.loc["good", "status"] == "ok" and summary.loc["broken", "status"] == "failed"
     good_metrics = train.read_json(first_index.parent / "runs" / "good" / "metrics.json")

@@ -117,3 +117,44 @@ def test_report_folders_are_new_and_absolute(tmp_path, monkeypatch):
     second = report.new_report_dir("same", "reports")
     assert first.is_absolute() and first.parent == tmp_path.resolve() / "reports"
     assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_cross_site_folders_are_read_and_skipped_without_a_data_root(tmp_path):
+    path = tmp_path / "sites.yaml"
+    path.write_text(
+        "notebooks: [05_training.ipynb]\n"
+        "runs:\n  - {name: a, cross_site: [montgomery]}\n  - {name: b}\n"
+        "  - {name: c, cross_site: montgomery}\n"
+    )
+    with pytest.raises(report.ExperimentFileError, match="cross_site must be a list"):
+        report.load_experiments(path)
+    path.write_text(path.read_text().replace("  - {name: c, cross_site: montgomery}\n", ""))
+    _, (a, b) = report.load_experiments(path)
+    assert (a.cross_site, b.cross_site, a.data_root) == (["montgomery"], [], None)
+    (tmp_path / "run").mkdir()
+    assert report.cross_site(a, tmp_path / "run") is None
+    assert "skipped: no --data-root" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_unknown_sections_and_run_keys_are_named(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("notebooks: [05_training.ipynb]\nparamters: {EPOCHS: 3}\nruns: [{name: a}]\n")
+    with pytest.raises(report.ExperimentFileError, match=r"'paramters' \(did you mean 'parameters'\?\)"):
+        report.load_experiments(path)
+    path.write_text("notebooks: [05_training.ipynb]\nruns: [{name: a, quik: {EPOCHS: 1}}]\n")
+    with pytest.raises(report.ExperimentFileError, match=r"unknown keys \['quik'\]"):
+        report.load_experiments(path)
+
+
+def test_a_sweep_expands_into_one_run_per_combination(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        "notebooks: [05_training.ipynb]\n"
+        "runs:\n  - name: size\n    sweep: {TRAIN_SIZE: [5, 10], SEED: [1, 2]}\n    quick: {sweep: {TRAIN_SIZE: [5]}}\n"
+    )
+    _, runs = report.load_experiments(path, scale="full")
+    assert [run.name for run in runs] == ["size-train-size-5-seed-1", "size-train-size-5-seed-2",
+                                         "size-train-size-10-seed-1", "size-train-size-10-seed-2"]
+    assert runs[3].parameters["TRAIN_SIZE"] == 10 and runs[3].parameters["SEED"] == 2 and runs[3].group == "size"
+    _, runs = report.load_experiments(path, scale="quick")
+    assert [run.name for run in runs] == ["size-train-size-5"]
