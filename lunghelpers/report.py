@@ -465,10 +465,10 @@ def quick_banner(files: dict) -> str:
         if params:
             sizes.add("x".join(str(side) for side in params.get("image_size", [])))
             epochs.add(str(metrics.get("epochs_completed", params.get("epochs"))))
-            images.add(str(params.get("limit") or "all"))
+            images.add(f"at most {params['limit']}" if params.get("limit") else "all")
     return (
         f"Quick scale: these runs trained {'/'.join(sorted(epochs, key=str)) or '?'} epochs at "
-        f"{'/'.join(sorted(sizes)) or '?'} px on at most {'/'.join(sorted(images))} images each, so that the whole "
+        f"{'/'.join(sorted(sizes)) or '?'} px on {'/'.join(sorted(images))} images each, so that the whole "
         "report finishes in minutes on a CPU. It shows that every notebook runs and what it writes; its scores are "
         "far from what the recipes reach and must not be compared with the source's figures. Use --scale full for results."
     )
@@ -607,7 +607,8 @@ def write_report(header: dict, results: list, report_dir: Path, scale: str, comm
                         for path in sorted((result.run_dir / "figures").glob("*.png"))],
         }
         if run["history"] is not None and not run["history"].empty:
-            entry["reading"] = mistune.html(judgement.learning_curves(run["history"], schedule=run["params"].get("schedule")))
+            entry["reading"] = jinja2.utils.markupsafe.Markup(mistune.html(
+                judgement.learning_curves(run["history"], schedule=run["params"].get("schedule"))))
         runs.append(entry)
         if result.error:
             failures.append({**entry, "error": result.error})

@@ -328,7 +328,7 @@ def test_report_records_a_failed_run_and_never_overwrites(tmp_path):
     assert ">good</td>" in page and ">broken</td>" in page
     assert "background:#fde8e8" in page  # the failed run's status cell
     assert "Unknown loss name" in page  # the notebook's error, in the failure section
-    assert "Quick scale: these runs trained 1 epochs at 32x32 px" in page  # no results, says the banner
+    assert "Quick scale: these runs trained 1 epochs at 32x32 px on at most 20 images" in page  # no results, says the banner
     summary = pd.read_csv(first_index.parent / "summary.csv").set_index("run")
     assert summary.loc["good", "status"] == "ok" and summary.loc["broken", "status"] == "failed"
     good_metrics = train.read_json(first_index.parent / "runs" / "good" / "metrics.json")
