@@ -155,6 +155,8 @@ def evaluate_run(run_dir, images, masks, names, model=None, batch_size=16,
       logs instead pool the pixels of a whole epoch);
     - ``<split>_mean_iou@0.1`` (one per further threshold): the source's binarisation at 0.1;
     - ``<split>_dice_class1`` .. (multi-class models): mean per-image Dice of each lung;
+    - ``<key>_ci_low`` / ``<key>_ci_high`` for ``<split>_dice`` and each ``<split>_mean_iou``:
+      the seeded 95 % bootstrap interval of that mean over images;
     - ``n_<split>``: number of images; ``threshold``: the headline threshold.
 
     Existing keys of ``metrics.json`` are kept; for ``split="val"`` the keys above replace the
@@ -199,6 +201,12 @@ def evaluate_run(run_dir, images, masks, names, model=None, batch_size=16,
         column = "iou" + _suffix(threshold)
         if column in table:
             summary[f"{split}_mean_{column}"] = float(table[column].mean())
+    from lunghelpers import judgement
+
+    for key, column in ((f"{split}_dice", "dice"), (f"{split}_mean_iou", "iou"),
+                        *((f"{split}_mean_iou{_suffix(t)}", "iou" + _suffix(t)) for t in others)):
+        if column in table:
+            summary[f"{key}_ci_low"], summary[f"{key}_ci_high"] = judgement.bootstrap_interval(table[column], seed=0)
     for column in table.columns:
         if column.startswith("dice_class"):
             summary[f"{split}_{column}"] = float(table[column].mean())

@@ -376,8 +376,6 @@ def held_out_split(metrics: dict) -> str | None:
     return None
 
 
-#: Per-image columns given with a 95 % bootstrap interval, and their headers.
-INTERVAL_COLUMNS = {"dice": "Dice", "iou": "IoU at 0.5", "iou@0.1": "IoU at 0.1"}
 SPLIT_WORDS = {"test": "test", "val": "validation"}
 
 
@@ -386,11 +384,9 @@ def results_table(results: list, files: dict) -> pd.DataFrame:
 
     Columns say in words which model, split and reduction each figure is: the kept epoch's
     validation loss and Dice as Keras logged them (pooled over the validation pixels), then the
-    held-out split's per-image means with a seeded 95 % bootstrap interval, then the source's
-    reported figures beside ours.
+    held-out split's per-image means with the seeded 95 % bootstrap interval ``metrics.json``
+    holds, then the source's reported figures beside ours. Nothing is recomputed here.
     """
-    from lunghelpers import judgement
-
     rows = []
     for result in results:
         run = files[result.spec.name]
@@ -402,16 +398,17 @@ def results_table(results: list, files: dict) -> pd.DataFrame:
             if key in metrics:
                 row[f"{label} (kept epoch, pooled)"] = metrics[key]
         split = held_out_split(metrics)
-        if split is not None and table is not None:
+        if split is not None:
             words = SPLIT_WORDS[split]
-            for column, label in INTERVAL_COLUMNS.items():
-                if column in table:
-                    low, high = judgement.bootstrap_interval(table[column], seed=0)
-                    row[f"{words} {label} (kept model, per-image mean, 95% interval)"] = (
-                        f"{table[column].mean():.3f} [{low:.3f}, {high:.3f}]")
+            for key, label in ((f"{split}_dice", "Dice"), (f"{split}_mean_iou", "IoU at 0.5"),
+                               (f"{split}_mean_iou@0.1", "IoU at 0.1")):
+                if key in metrics:
+                    interval = (f" [{metrics[key + '_ci_low']:.3f}, {metrics[key + '_ci_high']:.3f}]"
+                                if key + "_ci_low" in metrics else "")
+                    row[f"{words} {label} (kept model, per-image mean, 95% interval)"] = f"{metrics[key]:.3f}{interval}"
             if f"{split}_accuracy" in metrics:
                 row[f"{words} pixel accuracy (kept model)"] = metrics[f"{split}_accuracy"]
-            row["images"] = len(table)
+            row["images"] = metrics.get(f"n_{split}")
         for site in result.spec.cross_site:
             key = f"cross_site.{site}.dice"
             if key in metrics:

@@ -57,7 +57,8 @@ def made_up_run(report_dir, name, epochs=6, wide=False, failed=False):
                             "val_loss": np.linspace(0.5, 0.25, epochs), "val_dice": np.linspace(0.3, 0.9, epochs),
                             "learning_rate": [1e-3] * epochs})
     history.to_csv(run.history_path, index=False)
-    train.write_json(run.metrics_path, {**train.summarize_history(history), "n_test": 12, "test_accuracy": 0.95})
+    train.write_json(run.metrics_path, {**train.summarize_history(history), "n_test": 12, "test_accuracy": 0.95,
+                                        "test_dice": 0.9, "test_dice_ci_low": 0.85, "test_dice_ci_high": 0.94})
     pd.DataFrame({"name": [f"img{i}" for i in range(12)], "dice": rng.uniform(0.8, 1, 12),
                   "iou": rng.uniform(0.7, 1, 12), "iou@0.1": rng.uniform(0.6, 1, 12)}).to_csv(run.per_image_path, index=False)
     figure, axis = plt.subplots(figsize=(8, 4))
