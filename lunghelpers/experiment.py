@@ -22,6 +22,7 @@ import difflib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -157,6 +158,11 @@ class ExperimentConfig:
         if isinstance(self.split, str) or not all(isinstance(v, (int, float)) for v in self.split):
             raise ValueError(f"split must be a list of fractions such as [0.6, 0.2, 0.2], got {self.split!r}")
         self.split = tuple(float(v) for v in self.split)
+        if not isinstance(self.name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", self.name) or ".." in self.name:
+            raise ValueError(
+                f"name must be 1-100 letters, digits, '.', '_' or '-' (no '..', no '/'), got {self.name!r}: "
+                "it becomes the folder runs/NAME; set RUN_DIR for a folder elsewhere"
+            )
         if self.data_dir is not None:
             self.data_dir = str(Path(self.data_dir).expanduser().resolve())
         if self.run_dir is not None:

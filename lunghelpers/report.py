@@ -22,6 +22,7 @@ import base64
 import contextlib
 import datetime as _dt
 import json
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
         hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in difflib.get_close_matches(str(key), sorted(DOCUMENT_KEYS), n=1)) for key in unknown]
         raise ExperimentFileError(f"experiment file {path} has unknown sections {', '.join(hints)}; it may have {sorted(DOCUMENT_KEYS)}")
     header = {
-        "name": document.get("name", path.stem),
+        "name": check_name(document.get("name", path.stem), "the report name", path),
         "description": document.get("description", ""),
         "source": str(path),
     }
@@ -122,21 +123,27 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
     for index, run in enumerate(document["runs"]):
         if not isinstance(run, dict) or "name" not in run:
             raise ExperimentFileError(f"{path}: run #{index + 1} needs a 'name'")
+        check_name(run["name"], "run name", path)
         unknown = sorted(set(run) - RUN_KEYS)
         if unknown:
             raise ExperimentFileError(f"{path}: run {run['name']!r} has unknown keys {unknown}; a run has {sorted(RUN_KEYS)}")
         notebooks = run.get("notebooks", document.get("notebooks"))
         if not notebooks:
             raise ExperimentFileError(f"{path}: run {run['name']!r} names no notebooks")
+        if not isinstance(notebooks, list):
+            raise ExperimentFileError(f"{path}: run {run['name']!r}: notebooks must be a list of file names")
         for notebook in notebooks:
+            if not isinstance(notebook, str) or Path(notebook).name != notebook or not notebook.endswith(".ipynb"):
+                raise ExperimentFileError(f"{path}: run {run['name']!r}: notebook {notebook!r} must be the file name of a lesson in notebooks/")
             if not (paths.NOTEBOOKS_ROOT / notebook).is_file():
                 raise ExperimentFileError(f"{path}: run {run['name']!r} names missing notebook {notebook!r}")
         quick = dict(run.get("quick", {}))
         sweep = quick.pop("sweep", None) if scale == "quick" and "sweep" in quick else run.get("sweep")
         for name, swept in _expand_sweep(path, str(run["name"]), sweep):
-            if name in seen:
+            check_name(name, "run name", path)
+            if name.lower() in seen:
                 raise ExperimentFileError(f"{path}: run name {name!r} appears twice")
-            seen.add(name)
+            seen.add(name.lower())  # a, A and a/ must not share a folder on any file system
             parameters = {**document.get("parameters", {}), **run.get("parameters", {})}
             if scale == "quick":
                 parameters.update(document.get("quick", {}))
@@ -152,6 +159,20 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
             runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {}), str(run["name"]),
                                 cross_site=list(sites), data_root=None if data_root is None else str(Path(data_root).resolve())))
     return header, runs
+
+
+#: Names of reports and runs: they become folder names, so nothing that could leave its folder.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_name(name, what, path):
+    """``name`` if it is a safe folder name (letters, digits, '.', '_', '-'; no '..'), else an error."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise ExperimentFileError(
+            f"{path}: {what} {name!r} must be 1-100 letters, digits, '.', '_' or '-' (starting with a "
+            "letter or digit, no '..'): it becomes a folder name"
+        )
+    return name
 
 
 #: The sections of an experiment file.
@@ -713,7 +734,8 @@ def run_report(
     loaded = [load_experiments(path, scale=scale, data_root=data_root) for path in experiment_files]
     runs = [run for _, run_list in loaded for run in run_list]
     names = [run.name for run in runs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    lowered = [name.lower() for name in names]
+    duplicates = sorted({name for name in names if lowered.count(name.lower()) > 1})
     if duplicates:
         raise ExperimentFileError(f"run names must be unique across the experiment files: {duplicates}")
     if len(loaded) == 1:
@@ -765,6 +787,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"seconds a notebook cell may run before its run fails (default {DEFAULT_TIMEOUTS['quick']} at quick scale, {DEFAULT_TIMEOUTS['full']} at full scale)")
     parser.add_argument("--no-progress", action="store_true", help="no epoch lines on the console")
+    parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
     arguments = parser.parse_args(argv)
     if arguments.jobs < 1 or (arguments.timeout is not None and arguments.timeout <= 0):
         parser.exit(2, "error: --jobs must be at least 1 and --timeout positive\n")
