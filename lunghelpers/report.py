@@ -22,9 +22,9 @@ import base64
 import contextlib
 import datetime as _dt
 import json
+import os
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -660,6 +660,54 @@ def write_report(header: dict, results: list, report_dir: Path, scale: str, comm
     return index
 
 
+def thread_settings(jobs: int) -> dict:
+    """Environment for the kernels of ``jobs`` runs sharing this machine: cores split between them.
+
+    TensorFlow otherwise gives every kernel a thread per core, and ``jobs`` kernels then fight for
+    the same cores.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    return {"TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": threads}
+
+
+def _execute_on_worker(spec, report_dir, timeout, environment):
+    """What a Dask worker runs for one run (module level, so it pickles by reference)."""
+    os.environ.update(environment)
+    return execute_run(spec, Path(report_dir), False, timeout)
+
+
+def run_distributed(runs: list, report_dir: Path, timeout: float | None, jobs: int, scheduler: str | None = None):
+    """Execute runs on a Dask cluster and yield their results as they finish.
+
+    Without ``scheduler``, a ``LocalCluster`` of ``jobs`` single-threaded worker processes is
+    started, and each kernel gets ``cpu_count // jobs`` TensorFlow threads. With ``scheduler``
+    (``tcp://host:8786``), the runs go to that cluster (``dask scheduler`` / ``dask worker``, or
+    dask-jobqueue on SLURM); its workers must see this kit and the report folder at the same paths.
+    A worker that dies mid-run makes that run fail with a clear message (no retry: a half-trained
+    run is never silently restarted elsewhere); the other runs go on.
+    """
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = None if scheduler else LocalCluster(
+            n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=50)
+        with Client(scheduler or cluster) as client:
+            environment = thread_settings(jobs if scheduler is None else 1)
+            futures = {client.submit(_execute_on_worker, spec, str(report_dir), timeout, environment,
+                                     key=f"run-{spec.name}", pure=False): spec for spec in runs}
+            for future in as_completed(futures):
+                spec = futures[future]
+                try:
+                    yield future.result()
+                except Exception as error:  # noqa: BLE001 - a lost worker fails its run only
+                    result = RunResult(spec, report_dir / "runs" / spec.name)
+                    result.error = f"the Dask worker running it failed: {summarize_error(error)}"
+                    yield result
+        if cluster is not None:
+            cluster.close()
+
+
 class EpochPrinter:
     """Print one line per finished epoch of every run while the report runs (``--jobs N`` too).
 
@@ -720,12 +768,15 @@ def run_report(
     progress: bool = True,
     command: str = "",
     timeout: float | None = None,
+    scheduler: str | None = None,
 ) -> Path:
     """Execute every run of the experiment files and write the report; returns ``index.html``.
 
     All files are read and checked before anything runs, so a typo fails fast and writes nothing.
     The page is written at the start and after every run, marked incomplete until the last one;
     the kernels' own output goes to ``kernels.log`` and each run's ``log.txt``, not the console.
+    ``jobs > 1`` runs them on a Dask ``LocalCluster`` of that many workers, ``scheduler`` on an
+    existing Dask cluster (see :func:`run_distributed`).
     """
     import time
 
@@ -760,14 +811,13 @@ def run_report(
         write_report(header, results, report_dir, scale, command, total=len(runs), seconds=time.perf_counter() - start)
 
     with stderr_to(report_dir / "kernels.log"), EpochPrinter(report_dir, names) if progress else contextlib.nullcontext():
-        if jobs <= 1:
+        if jobs <= 1 and scheduler is None:
             for position, spec in enumerate(runs, start=1):
                 print(f"[{position}/{len(runs)}] {spec.name}", flush=True)
                 finished(execute_run(spec, report_dir, progress, timeout))
         else:
-            with ThreadPoolExecutor(max_workers=jobs) as pool:
-                for result in pool.map(lambda spec: execute_run(spec, report_dir, False, timeout), runs):
-                    finished(result)
+            for result in run_distributed(runs, report_dir, timeout, jobs, scheduler):
+                finished(result)
     order = {name: position for position, name in enumerate(names)}
     results.sort(key=lambda result: order[result.spec.name])
     return write_report(header, results, report_dir, scale, command, total=len(runs), seconds=time.perf_counter() - start)
@@ -782,7 +832,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("experiments", nargs="+", help="experiment YAML files (see experiments/)")
     parser.add_argument("--scale", choices=SCALES, default="quick", help="quick (minutes on a CPU) or full (the recipes' own settings)")
     parser.add_argument("--data-root", default=None, help="folder with the real sets (e.g. ../shared/data); default: embedded synthetic data")
-    parser.add_argument("--jobs", type=int, default=1, help="runs executed at the same time (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs executed at the same time on a local Dask cluster of that many workers (default 1: one after the other)")
+    parser.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler (tcp://host:8786) to send the runs to")
     parser.add_argument("--reports-root", default=None, help="where report folders go (default: reports/)")
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"seconds a notebook cell may run before its run fails (default {DEFAULT_TIMEOUTS['quick']} at quick scale, {DEFAULT_TIMEOUTS['full']} at full scale)")
@@ -802,6 +853,7 @@ def main(argv: list | None = None) -> int:
             progress=not arguments.no_progress,
             command=command,
             timeout=arguments.timeout,
+            scheduler=arguments.scheduler,
         )
     except (ExperimentFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
