@@ -143,6 +143,7 @@ class ExperimentConfig:
     steps_per_epoch: int | None = _default("steps_per_epoch")
     augment: Any = _default("augment")
     mixed_precision: bool | str = _default("mixed_precision")
+    distribute: bool = _default("distribute")
     threshold: float = _default("threshold")
 
     def __post_init__(self):

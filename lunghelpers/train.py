@@ -72,6 +72,25 @@ def set_precision(mixed_precision=False):
     return policy
 
 
+def distribution_strategy(distribute=False):
+    """The ``tf.distribute`` strategy to build, compile and fit a model under.
+
+    ``distribute=False``: Keras's default strategy (one device, nothing changes).
+    ``distribute=True``: ``tf.distribute.MirroredStrategy`` over every GPU, each batch split
+    between them. On a machine without a GPU, ``LUNGHELPERS_LOGICAL_CPUS=N`` in the environment
+    splits the CPU into N logical devices first, so the same path can be tried (and tested) there;
+    it must be called before TensorFlow has placed any tensor.
+    """
+    if not distribute:
+        return tf.distribute.get_strategy()
+    logical = int(os.environ.get("LUNGHELPERS_LOGICAL_CPUS", "0") or 0)
+    if logical > 1 and not tf.config.list_physical_devices("GPU"):
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * logical)
+        return tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices("CPU")])
+    return tf.distribute.MirroredStrategy()
+
+
 def set_seed(seed, deterministic_ops=False):
     """Seed Python, NumPy and TensorFlow so that the same seed gives the same numbers.
 

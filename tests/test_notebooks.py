@@ -19,6 +19,7 @@ explicit kernel name, as the report runs them.
 import ast
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -345,3 +346,22 @@ def test_report_records_a_failed_run_and_never_overwrites(tmp_path):
         [first_index.parent.name, second_index.parent.name]
     )
     assert file_digests(first_index.parent) == first_files
+
+
+def test_distribute_trains_under_a_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    """DISTRIBUTE = True: the batch is split across devices (two logical CPUs here), same run folder."""
+    run_dir = tmp_path / "mirrored"
+    environment = {**os.environ, "LUNGHELPERS_LOGICAL_CPUS": "2"}
+    parameters = {**TINY_RUN, "DISTRIBUTE": True, "RUN_DIR": str(run_dir)}
+    done = subprocess.run(
+        [sys.executable, "-m", "papermill", str(paths.NOTEBOOKS_ROOT / "05_training.ipynb"), str(tmp_path / "out.ipynb"),
+         "--cwd", str(paths.NOTEBOOKS_ROOT), "-k", report.KERNEL_NAME, "--no-progress-bar", "-y", json.dumps(parameters)],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = "".join("".join(out.get("text", "")) for cell in read_notebook(tmp_path / "out.ipynb").cells
+                      for out in cell.get("outputs", []))
+    assert "2 device(s)" in printed
+    run = train.RunFolder(run_dir)
+    assert run.finished and run.params()["distribute"] is True and len(run.read_history()) == 1
+    assert keras.models.load_model(run.model_path, compile=False).output_shape == (None, 32, 32, 1)
