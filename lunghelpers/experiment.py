@@ -446,7 +446,7 @@ def _training_config(parameters: dict) -> ExperimentConfig:
     return config.quick() if parameters.get("QUICK", quick_mode()) else config
 
 
-def ensure_run(run_dir: str | Path | None = None, **parameters):
+def ensure_run(run_dir: str | Path | None = None, name_parameter: str = "NAME", **parameters):
     """The finished run in ``run_dir``, trained first by executing the training notebook if needed.
 
     ``parameters`` are training-notebook parameters (``EPOCHS=3, LOSS="dice"``); ``run_dir=None``
@@ -457,7 +457,7 @@ def ensure_run(run_dir: str | Path | None = None, **parameters):
     ``notebooks/05_training.ipynb`` is executed with papermill, with these parameters and
     ``RUN_DIR``, and its executed copy is kept in the run folder as ``05_training.ipynb``; an
     interrupted run continues where it stopped. So every run of the kit is trained by the cells
-    a student reads.
+    a student reads. ``name_parameter`` is the parameter a refusal tells the caller to change.
     """
     from lunghelpers import train
 
@@ -467,8 +467,8 @@ def ensure_run(run_dir: str | Path | None = None, **parameters):
     if run.finished:
         if parameters:
             differing = train.differences(run.params(), _training_config(parameters).to_dict())
-            if differing:
-                train.open_run(run.path, _training_config(parameters).to_dict())  # raises, naming them
+            if differing:  # raises RunParametersError, naming them and name_parameter
+                train.open_run(run.path, _training_config(parameters).to_dict(), name_parameter=name_parameter)
         return run
     if not parameters and run.params_path.exists():
         # "The run in this folder": an interrupted run continues with the parameters it recorded.
