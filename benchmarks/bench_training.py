@@ -1,87 +1,135 @@
-"""Training throughput: the source pipeline against the kit's, in float32 and mixed bfloat16.
+"""Training throughput of the source's exact pipeline against the kit's, float32 and mixed bfloat16.
 
-Three set-ups train the CT assignment's ``simple_unet`` at 128 px, batch 16, on the embedded CT
-data, each for the same number of optimizer steps after a warm-up epoch (graph tracing):
+For each preset, three set-ups train the same model in this one process:
 
-1. source: two ``ImageDataGenerator`` streams with a shared seed, wrapped in
-   ``tf.data.Dataset.from_generator``; BCE loss and the accuracy metric (the source notebook);
-2. kit float32: ``augment.make_dataset`` (one paired transform, parallel map, prefetch) with the
-   kit's loss and metrics (accuracy, Dice, IoU, precision, recall);
+1. source: the source notebook's pipeline and compile: two ``ImageDataGenerator.flow`` streams with
+   a shared seed, zipped in a Python generator and wrapped in
+   ``tf.data.Dataset.from_generator(...).repeat()``; binary cross-entropy and the accuracy metric;
+2. kit float32: ``augment.make_dataset`` (one paired transform per example, parallel map,
+   prefetch) and the training notebook's compile (the preset's loss, accuracy, Dice, IoU,
+   precision, recall);
 3. kit mixed_bfloat16: the same with ``train.set_precision("mixed_bfloat16")``.
 
-It prints images per second and the ratio of each set-up to the source, measured in this one
-process, so the ratios hold even when the machine's absolute speed varies. Usage::
+Presets: ``ct`` (the CT assignment: ``simple_unet``, 128 px, batch 16, its augmentation),
+``lab-base8`` (the lab's U-Net with 8 base filters, 256 px, batch 8, the lab's augmentation) and
+``lab-base16-bn`` (16 base filters with batch norm, as in task 1e). Each set-up is built and warmed
+up once (graph tracing); then ``--rounds`` rounds each time one epoch of ``--steps`` steps of every
+set-up, in an order that rotates from round to round, so that the machine's drift hits all set-ups
+alike. It prints, per set-up, the median images/s with the min-max over rounds, and the median of
+the per-round ratios to the source (each round's ratio compares set-ups timed seconds apart).
 
-    python benchmarks/bench_training.py [--steps 12] [--size 128] [--batch 16]
+``--accuracy-epochs N`` also trains the CT preset's kit pipeline for N epochs in float32 and in
+bfloat16 from the same seed and prints both validation Dice figures (bfloat16 should be within
+0.01). Usage::
+
+    python benchmarks/bench_training.py [--presets ct lab-base8 lab-base16-bn] [--rounds 7] [--steps 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from lunghelpers import augment, data, losses, metrics, models, synthetic, train  # noqa: E402  (quiet TF first)
 
 import keras  # noqa: E402
 
-from lunghelpers import augment, data, losses, metrics, models, synthetic, train  # noqa: E402
+PRESETS = {
+    "ct": dict(size=128, batch=16, model=lambda shape: models.simple_unet(shape), loss="bce",
+               source_augment=dict(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.1),
+               kit_augment=augment.SOURCE_CT),
+    "lab-base8": dict(size=256, batch=8, model=lambda shape: models.unet(shape, base_filters=8, depth=4), loss="dice",
+                      source_augment=dict(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1,
+                                          zoom_range=0.2, horizontal_flip=True),
+                      kit_augment="lab"),
+    "lab-base16-bn": dict(size=256, batch=8, loss="dice",
+                          model=lambda shape: models.unet(shape, base_filters=16, depth=4, batch_norm=True, dropout_rate=0.2),
+                          source_augment=dict(rotation_range=10, width_shift_range=0.1, height_shift_range=0.1,
+                                              zoom_range=0.2, horizontal_flip=True),
+                          kit_augment="lab"),
+}
+SETUPS = ("source", "kit float32", "kit bfloat16")
 
 
-def timed_fit(model, dataset, steps: int, repeats: int) -> float:
-    """Images per second over ``repeats`` timed epochs of ``steps`` steps, after a warm-up epoch."""
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
-    start = time.perf_counter()
-    model.fit(dataset, epochs=repeats, steps_per_epoch=steps, verbose=0)
-    return time.perf_counter() - start
+def load(size, limit=160):
+    image_dir, mask_dir = data.dataset_dirs(synthetic.ensure_dataset("ct"), kind="ct")
+    images, masks, _ = data.load_pairs(image_dir, mask_dir, image_size=(size, size), limit=limit, progress=False)
+    return images, masks
+
+
+def build(preset, setup, images, masks):
+    """A compiled model and its endless training dataset for one set-up of ``preset``."""
+    shape = (preset["size"], preset["size"], 1)
+    train.set_precision("mixed_bfloat16" if setup == "kit bfloat16" else False)
+    keras.utils.set_random_seed(0)
+    model = preset["model"](shape)
+    train.set_precision(False)
+    if setup == "source":
+        dataset = augment.image_data_generator_pair(
+            images, masks.astype("float32"), batch_size=preset["batch"], seed=220, **preset["source_augment"]).repeat()
+        model.compile(optimizer=keras.optimizers.Adam(), loss="binary_crossentropy", metrics=["accuracy"])
+    else:
+        dataset = augment.make_dataset(images, masks, preset["batch"],
+                                       augment=augment.get_config(preset["kit_augment"]), seed=220)
+        model.compile(optimizer=keras.optimizers.Adam(), loss=losses.get_loss(preset["loss"]),
+                      metrics=metrics.training_metrics(1))
+    return model, dataset
+
+
+def benchmark(name, rounds, steps):
+    preset = PRESETS[name]
+    images, masks = load(preset["size"])
+    built = {setup: build(preset, setup, images, masks) for setup in SETUPS}
+    for model, dataset in built.values():  # warm-up: trace the graphs
+        model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+    speeds = {setup: [] for setup in SETUPS}
+    for round_index in range(rounds):
+        order = SETUPS[round_index % 3:] + SETUPS[:round_index % 3]
+        for setup in order:
+            model, dataset = built[setup]
+            start = time.perf_counter()
+            model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+            speeds[setup].append(steps * preset["batch"] / (time.perf_counter() - start))
+    print(f"\n{name}: {preset['size']} px, batch {preset['batch']}, {steps} steps a round, {rounds} rounds, "
+          f"{os.cpu_count()} CPU threads")
+    print("| set-up | images/s, median [min-max] | vs source, median of per-round ratios [min-max] |")
+    print("| --- | --- | --- |")
+    for setup in SETUPS:
+        ratios = [mine / source for mine, source in zip(speeds[setup], speeds["source"])]
+        print(f"| {setup} | {statistics.median(speeds[setup]):.2f} [{min(speeds[setup]):.2f}-{max(speeds[setup]):.2f}] "
+              f"| {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] |", flush=True)
+
+
+def accuracy(epochs):
+    """Validation Dice of the CT preset's kit pipeline after ``epochs`` epochs, float32 vs bfloat16."""
+    preset = PRESETS["ct"]
+    images, masks = load(preset["size"], limit=200)
+    (train_x, train_y), (val_x, val_y) = data.split(images, masks, fractions=(0.8, 0.2))
+    figures = {}
+    for setup in ("kit float32", "kit bfloat16"):
+        model, _ = build(preset, setup, images, masks)
+        dataset = augment.make_dataset(train_x, train_y, preset["batch"], augment=augment.SOURCE_CT, seed=220)
+        validation = augment.make_dataset(val_x, val_y, preset["batch"], shuffle=False, repeat=False)
+        history = model.fit(dataset, validation_data=validation, epochs=epochs,
+                            steps_per_epoch=len(train_x) // preset["batch"], shuffle=False, verbose=0)
+        figures[setup] = history.history["val_dice"][-1]
+    print(f"\nct, {epochs} epochs from seed 0: validation Dice float32 {figures['kit float32']:.4f}, "
+          f"bfloat16 {figures['kit bfloat16']:.4f} (difference {figures['kit bfloat16'] - figures['kit float32']:+.4f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per timed epoch")
-    parser.add_argument("--repeats", type=int, default=2, help="timed epochs per set-up")
-    parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--presets", nargs="+", choices=sorted(PRESETS), default=list(PRESETS))
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds per preset (at least 7 for a median)")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per set-up and round")
+    parser.add_argument("--accuracy-epochs", type=int, default=0, help="also compare float32 and bfloat16 Dice after N epochs")
     arguments = parser.parse_args()
-
-    image_dir, mask_dir = data.dataset_dirs(synthetic.ensure_dataset("ct"), kind="ct")
-    images, masks, _ = data.load_pairs(
-        image_dir, mask_dir, image_size=(arguments.size, arguments.size), limit=160, progress=False
-    )
-    shape = (arguments.size, arguments.size, 1)
-    n_images = arguments.steps * arguments.repeats * arguments.batch
-    results = {}
-
-    def run(label, dataset, precision, source_recipe):
-        train.set_precision(precision)
-        keras.utils.set_random_seed(0)
-        model = models.simple_unet(shape)
-        if source_recipe:
-            model.compile(optimizer=keras.optimizers.Adam(), loss="binary_crossentropy", metrics=["accuracy"])
-        else:
-            model.compile(
-                optimizer=keras.optimizers.Adam(),
-                loss=losses.get_loss("bce"),
-                metrics=metrics.training_metrics(1),
-            )
-        seconds = timed_fit(model, dataset, arguments.steps, arguments.repeats)
-        train.set_precision(False)
-        results[label] = n_images / seconds
-        print(f"{label:<28} {results[label]:7.2f} images/s  ({seconds:.1f} s for {n_images} images)", flush=True)
-
-    source_dataset = augment.image_data_generator_pair(
-        images, masks.astype("float32"), batch_size=arguments.batch, seed=220,
-        rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, zoom_range=0.1,
-    )
-    kit_dataset = augment.make_dataset(images, masks, arguments.batch, augment=augment.SOURCE_CT, seed=220)
-    print(f"simple_unet {shape}, batch {arguments.batch}, {arguments.steps} steps x {arguments.repeats} epochs, "
-          f"{os.cpu_count()} CPU threads")
-    run("source (ImageDataGenerator)", source_dataset, False, True)
-    run("kit float32", kit_dataset, False, False)
-    run("kit mixed_bfloat16", kit_dataset, "mixed_bfloat16", False)
-    baseline = results["source (ImageDataGenerator)"]
-    for label, speed in results.items():
-        print(f"ratio {label:<28} {speed / baseline:5.2f}x the source")
+    for name in arguments.presets:
+        benchmark(name, arguments.rounds, arguments.steps)
+    if arguments.accuracy_epochs:
+        accuracy(arguments.accuracy_epochs)
 
 
 if __name__ == "__main__":
