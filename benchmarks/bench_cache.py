@@ -1,17 +1,20 @@
-"""Peak memory of the on-disk cache against loading a whole set into memory (the source's way).
+"""Peak memory of training on a large set: the in-memory path against CACHE = True, measured.
 
-    python benchmarks/bench_cache.py [--count 400] [--source-size 512] [--image-size 256]
+    python benchmarks/bench_cache.py [--count 8000] [--source-size 256] [--image-size 256]
 
 Generates ``count`` synthetic CT slices in a temporary folder, then runs each step in a fresh
 child process and samples its resident memory every 5 ms (Linux: /proc/self/statm):
 
-1. baseline, as the source did: ``data.load_pairs`` into float32 images and int16 masks;
-2. ``data.build_cache`` into uint8 memory-mapped .npy files, one slice at a time;
-3. one epoch of ``data.cache_dataset`` batches (TensorFlow imported before measuring).
+1. the in-memory path, as the source did: ``experiment.prepare_data`` with ``cache=False``
+   (float32 images and int16 masks of every slice in memory); loading only, no training;
+2. the training notebook's path with ``cache=True``: ``prepare_data`` builds the on-disk cache
+   (uint8, one slice at a time) and ``make_datasets`` streams from it; then the lab's CT model
+   (U-Net, 8 base filters, batch norm, Dice loss, 256 px, batch 8) trains ONE FULL EPOCH over the
+   80 % training part (``model.fit`` with the training notebook's ``steps_per_epoch``).
 
-It prints each step's time and peak memory growth: "resident" counts every page the process
-holds, "anonymous" leaves out pages of memory-mapped files, which the system can drop at any time
-because they are copies of the cache on disk. The last lines extrapolate to the lab's 8000 slices.
+It prints each step's time, the process's peak resident memory (TensorFlow included) and the
+peak "anonymous" memory (resident pages less those of memory-mapped files, which the system can
+drop at any time because they are copies of the cache on disk). Nothing is extrapolated.
 """
 
 import argparse
@@ -23,7 +26,6 @@ import time
 from pathlib import Path
 
 MEBIBYTE = 2**20
-TARGET_COUNT = 8000
 
 
 class MemorySampler:
@@ -64,28 +66,34 @@ class MemorySampler:
 
 def run_step(step, folder, image_size, batch_size, results):
     """Run one step in this (child) process and put its figures (a dict) in results."""
-    from lunghelpers import data
+    from lunghelpers import experiment, losses, metrics  # quiets TensorFlow's start-up lines
 
-    image_dir, mask_dir = data.dataset_dirs(folder)
-    size = (image_size, image_size)
-    if step == "epoch":
-        # Imported before sampling starts, so TensorFlow's own memory is not counted.
-        import tensorflow as tf  # noqa: F401
+    import tensorflow as tf  # noqa: F401  (imported before sampling: its own memory is part of the peak)
+
+    config = experiment.ExperimentConfig(
+        name="memory", data_dir=str(folder), image_size=image_size, split=(0.8, 0.2), shuffle_split=True,
+        cache=(step == "cache"), model="unet", base_filters=8, depth=4, batch_norm=True, dropout_rate=0.2,
+        loss="dice", batch_size=batch_size, augment="none",
+    )
     figures = {}
     sampler = MemorySampler()
     start = time.perf_counter()
-    if step == "baseline":
-        images, masks, _ = data.load_pairs(image_dir, mask_dir, image_size=size, progress=False)
-        figures["array_mebibytes"] = (images.nbytes + masks.nbytes) / MEBIBYTE
-    elif step == "cache":
-        data.build_cache(
-            image_dir, mask_dir, Path(folder) / "cache", image_size=size, progress=False
-        )
-    else:
-        dataset = data.cache_dataset(Path(folder) / "cache", batch_size=batch_size, repeat=False)
-        figures["batches"] = sum(1 for _ in dataset)
+    splits = experiment.prepare_data(config, progress=False)
+    figures["load_seconds"] = time.perf_counter() - start
+    if step == "cache":
+        import keras
+
+        model = experiment.build_model(config)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses.get_loss("dice"),
+                      metrics=metrics.training_metrics(1))
+        train_ds, val_ds = experiment.make_datasets(config, splits)
+        steps = len(splits.train.images) // batch_size
+        history = model.fit(train_ds, validation_data=val_ds, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
+        figures["steps"] = steps
+        figures["val_dice"] = history.history["val_dice"][-1]
     figures["seconds"] = time.perf_counter() - start
     figures["resident"], figures["anonymous"] = sampler.stop()
+    figures["peak_resident"] = sampler.peak_resident / MEBIBYTE
     results.put(figures)
 
 
@@ -101,63 +109,34 @@ def measure(step, folder, image_size, batch_size):
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--count", type=int, default=400, help="synthetic CT slices to generate (default 400)"
-    )
-    parser.add_argument(
-        "--source-size", type=int, default=512, help="side of the generated slices (default 512)"
-    )
-    parser.add_argument(
-        "--image-size", type=int, default=256, help="side after resizing (default 256)"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=8000, help="synthetic CT slices to generate (default 8000)")
+    parser.add_argument("--source-size", type=int, default=256, help="side of the generated slices (default 256)")
+    parser.add_argument("--image-size", type=int, default=256, help="side the model sees (default 256)")
     parser.add_argument("--batch-size", type=int, default=8)
     arguments = parser.parse_args()
 
-    from lunghelpers import synthetic
+    from lunghelpers import paths, synthetic
 
     with tempfile.TemporaryDirectory() as temporary:
         folder = Path(temporary) / "ct"
         start = time.perf_counter()
-        synthetic.generate(
-            "ct", arguments.count, folder, size=arguments.source_size, progress=False
-        )
-        seconds = time.perf_counter() - start
-        source = f"{arguments.count} CT slices of {arguments.source_size} px"
-        print(f"generated {source} in {seconds:.1f} s")
-        print(f"{'step':<40}{'seconds':>9}{'resident MiB':>14}{'anonymous MiB':>15}")
-        baseline = measure("baseline", folder, arguments.image_size, arguments.batch_size)
-        cache = measure("cache", folder, arguments.image_size, arguments.batch_size)
-        epoch = measure("epoch", folder, arguments.image_size, arguments.batch_size)
-        rows = [
-            ("load_pairs (float32 in memory)", baseline),
-            ("build_cache (uint8 on disk)", cache),
-            (f"cache_dataset, one epoch ({epoch['batches']} batches)", epoch),
-        ]
+        synthetic.generate("ct", arguments.count, folder, size=arguments.source_size, progress=False)
+        print(f"generated {arguments.count} CT slices of {arguments.source_size} px in {time.perf_counter() - start:.1f} s")
+        print(f"{'step':<58}{'seconds':>9}{'peak resident MiB':>19}{'anonymous growth MiB':>22}")
+        rows = [("in memory: prepare_data (loading only)", measure("memory", folder, arguments.image_size, arguments.batch_size))]
+        cached = measure("cache", folder, arguments.image_size, arguments.batch_size)
+        rows.append((f"CACHE = True: build cache + one epoch ({cached['steps']} steps)", cached))
         for label, figures in rows:
-            print(
-                f"{label:<40}{figures['seconds']:9.1f}"
-                f"{figures['resident']:14.0f}{figures['anonymous']:15.0f}"
-            )
-        cache_files = (folder / "cache").iterdir()
-        cache_mebibytes = sum(path.stat().st_size for path in cache_files) / MEBIBYTE
+            print(f"{label:<58}{figures['seconds']:9.1f}{figures['peak_resident']:19.0f}{figures['anonymous']:22.0f}")
+        caches = list((paths.DATA_ROOT / "cache").glob("ct-*"))
+        print(f"one epoch on {arguments.count} slices at {arguments.image_size} px: peak resident memory "
+              f"{cached['peak_resident'] / 1024:.2f} GiB (validation Dice after it {cached['val_dice']:.3f})")
+        for cache in caches:  # the benchmark's own cache of its temporary set
+            if str(folder) in (cache / "cache.json").read_text():
+                import shutil
 
-    count, side = arguments.count, arguments.image_size
-    array_mebibytes = baseline["array_mebibytes"]
-    cache_anonymous = max(cache["anonymous"], epoch["anonymous"], 1.0)
-    print(f"in-memory arrays: {array_mebibytes:.0f} MiB; cache on disk: {cache_mebibytes:.0f} MiB")
-    print(
-        "baseline anonymous peak / cache anonymous peak: "
-        f"{baseline['anonymous'] / cache_anonymous:.1f}x at {count} slices"
-    )
-    print(
-        f"extrapolated to {TARGET_COUNT} slices at {side} px: in memory "
-        f"{array_mebibytes / count * TARGET_COUNT / 1024:.2f} GiB of arrays; cache "
-        f"{cache_mebibytes / count * TARGET_COUNT / 1024:.2f} GiB on disk (its pages may stay "
-        "resident as file cache), while its anonymous memory does not grow with the count"
-    )
+                shutil.rmtree(cache)
 
 
 if __name__ == "__main__":

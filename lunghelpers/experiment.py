@@ -144,6 +144,7 @@ class ExperimentConfig:
     augment: Any = _default("augment")
     mixed_precision: bool | str = _default("mixed_precision")
     distribute: bool = _default("distribute")
+    cache: bool = _default("cache")
     threshold: float = _default("threshold")
 
     def __post_init__(self):
@@ -277,6 +278,51 @@ class ExperimentConfig:
         return values
 
 
+def cache_folder(config: ExperimentConfig, image_dir) -> Path:
+    """Where ``CACHE = True`` keeps a set's on-disk cache: ``data/cache/<set>-<size>-<settings hash>``."""
+    import hashlib
+
+    key = json.dumps([str(Path(image_dir).resolve()), list(config.image_size), config.mask_mode,
+                      config.normalization, config.limit])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return paths.DATA_ROOT / "cache" / f"{config.dataset}-{config.image_size[0]}px-{digest}"
+
+
+class CachedRows:
+    """Some rows of a memory-mapped cache array, read only when asked for.
+
+    ``len()``, ``shape`` and slicing work without reading a pixel; ``np.asarray`` reads the rows
+    (images as float32 in [0, 1], masks as int16 class ids, as ``data.load_pairs`` gives them).
+    The training pipeline reads them batch by batch with ``data.cache_dataset``.
+    """
+
+    def __init__(self, array, indices, cache_dir, images):
+        self.array, self.cache_dir, self.images = array, cache_dir, images
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.indices)
+
+    @property
+    def shape(self):
+        return (len(self.indices), *self.array.shape[1:])
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return CachedRows(self.array, self.indices[key], self.cache_dir, self.images)
+        return np.asarray(self)[key]
+
+    def __array__(self, dtype=None, copy=None):
+        order = np.argsort(self.indices)  # read the memory map front to back
+        rows = np.empty(self.shape, self.array.dtype)
+        rows[order] = self.array[self.indices[order]]
+        if self.images:
+            rows = rows.astype(np.float32) / (255.0 if self.array.dtype == np.uint8 else 1.0)
+        else:
+            rows = rows.astype(np.int16)
+        return rows if dtype is None else rows.astype(dtype)
+
+
 class Subset(NamedTuple):
     """Images, masks and file names of one part of a split."""
 
@@ -328,19 +374,32 @@ def prepare_data(config: ExperimentConfig, progress: bool = True) -> Splits:
     from lunghelpers import augment, data
 
     image_dir, mask_dir = data_folders(config)
-    images, masks, names = data.load_pairs(
-        image_dir,
-        mask_dir,
-        image_size=config.image_size,
-        mask_mode=config.mask_mode,
-        normalization=config.normalization,
-        limit=config.limit,
-        progress=progress,
-    )
+    if config.cache:
+        if config.train_noise_fraction or config.val_noise_fraction:
+            raise ValueError("CACHE streams images from disk; the noise options need them in memory: set CACHE = False")
+        cache_dir = data.build_cache(
+            image_dir, mask_dir, cache_folder(config, image_dir), image_size=config.image_size,
+            mask_mode=config.mask_mode, normalization=config.normalization, limit=config.limit, progress=progress,
+        )
+        images, masks, names = data.load_cache(cache_dir)
+    else:
+        images, masks, names = data.load_pairs(
+            image_dir,
+            mask_dir,
+            image_size=config.image_size,
+            mask_mode=config.mask_mode,
+            normalization=config.normalization,
+            limit=config.limit,
+            progress=progress,
+        )
     index_parts = data.split_indices(
         len(images), config.split, shuffle=config.shuffle_split, seed=config.seed
     )
-    parts = [Subset(images[i], masks[i], [names[k] for k in i]) for i in index_parts]
+    if config.cache:
+        parts = [Subset(CachedRows(images, i, cache_dir, True), CachedRows(masks, i, cache_dir, False),
+                        [names[k] for k in i]) for i in index_parts]
+    else:
+        parts = [Subset(images[i], masks[i], [names[k] for k in i]) for i in index_parts]
     train = parts[0]
     if config.train_size is not None:
         if not 1 <= config.train_size <= len(train.images):
@@ -391,10 +450,21 @@ def build_model(config: ExperimentConfig):
 
 
 def make_datasets(config: ExperimentConfig, splits: Splits):
-    """Training pipeline (shuffled, repeated, augmented) and a plain validation pipeline."""
-    from lunghelpers import augment
+    """Training pipeline (shuffled, repeated, augmented) and a plain validation pipeline.
+
+    With ``CACHE = True`` both read their batches from the on-disk cache as training consumes
+    them, so memory holds the batches in flight, not the set.
+    """
+    from lunghelpers import augment, data
 
     augment_config = augment.get_config(config.augment)
+    if isinstance(splits.train.images, CachedRows):  # CACHE: batches read from the memory maps
+        cache_dir = splits.train.images.cache_dir
+        train_ds = data.cache_dataset(cache_dir, splits.train.images.indices, config.batch_size, shuffle=True,
+                                      seed=config.seed, repeat=True, n_classes=config.n_classes, augment=augment_config)
+        val_ds = data.cache_dataset(cache_dir, splits.val.images.indices, config.batch_size, shuffle=False,
+                                    repeat=False, n_classes=config.n_classes)
+        return train_ds, val_ds
     train_ds = augment.make_dataset(
         splits.train.images,
         splits.train.masks,

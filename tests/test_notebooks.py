@@ -17,6 +17,7 @@ explicit kernel name, as the report runs them.
 """
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import time
 
 import keras
 import nbformat
+import numpy as np
 import pandas as pd
 import papermill
 import psutil
@@ -361,3 +363,17 @@ def test_distribute_trains_under_a_mirrored_strategy_on_two_logical_cpus(tmp_pat
     run = train.RunFolder(run_dir)
     assert run.finished and run.params()["distribute"] is True and len(run.read_history()) == 1
     assert keras.models.load_model(run.model_path, compile=False).output_shape == (None, 32, 32, 1)
+
+
+def test_cache_trains_from_disk_on_the_same_split(tmp_path, monkeypatch):
+    """CACHE = True: the run streams its batches from an on-disk cache; the split is the in-memory one."""
+    run = experiment.ensure_run(tmp_path / "cached", **TINY_RUN, CACHE=True)
+    assert run.finished and run.params()["cache"] is True and len(run.read_history()) == 1
+    cached = experiment.prepare_data(experiment.load_config(run.path), progress=False)
+    in_memory = experiment.prepare_data(dataclasses.replace(experiment.load_config(run.path), cache=False), progress=False)
+    assert isinstance(cached.test.images, experiment.CachedRows)
+    assert cached.test.names == in_memory.test.names and len(cached.train.images) == len(in_memory.train.images)
+    np.testing.assert_allclose(np.asarray(cached.test.images), in_memory.test.images, atol=0.5 / 255 + 1e-6)
+    np.testing.assert_array_equal(np.asarray(cached.test.masks), in_memory.test.masks)
+    with pytest.raises(ValueError, match="CACHE"):
+        experiment.prepare_data(experiment.ExperimentConfig(cache=True, val_noise_fraction=0.5))
