@@ -366,3 +366,25 @@ def threshold_sweep(sweep, title, marks=((0.1, "source 0.1"), (0.5, "headline 0.
     ax.set_title(title)
     figure.legend(loc="outside lower center", ncols=4, frameon=False)
     return figure
+
+
+def sweep_errorbars(table, parameter, score="dice", title=None):
+    """A sweep's held-out score against the swept parameter: mean and spread over seeds.
+
+    ``table`` has one row per run with columns ``parameter`` (e.g. ``TRAIN_SIZE``) and ``score``
+    (the run's mean per-image score); runs that differ only in their seed share an x value. Each
+    point is their mean, the error bar their standard deviation (none for a single seed), and the
+    label the number of seeds.
+    """
+    if table.empty or parameter not in table or score not in table:
+        raise ValueError(f"sweep_errorbars needs rows with columns {parameter!r} and {score!r}")
+    grouped = table.groupby(parameter)[score].agg(["mean", "std", "count"]).fillna(0.0)
+    figure, axes = _new_figure(1, 1, cell_size=(7.0, 4.0))
+    ax = axes[0, 0]
+    ax.errorbar(grouped.index, grouped["mean"], yerr=grouped["std"], marker="o", capsize=4)
+    for x, row in grouped.iterrows():
+        ax.annotate(f"n={int(row['count'])}", (x, row["mean"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xlabel(parameter)
+    ax.set_ylabel(score)
+    ax.set_title(title or f"{score} by {parameter} (mean, sd over seeds)")
+    return figure

@@ -70,6 +70,8 @@ class RunSpec:
     reference: dict = field(default_factory=dict)
     #: The run of the experiment file it comes from (differs from ``name`` for a sweep's runs).
     group: str = ""
+    #: The values its ``sweep`` gave this run (empty for a run without a sweep).
+    swept: dict = field(default_factory=dict)
     #: Data folders under ``data_root`` to score the finished run on (another hospital's images).
     cross_site: list = field(default_factory=list)
     data_root: str | None = None
@@ -157,7 +159,8 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
             if not isinstance(sites, list) or not all(isinstance(site, str) and site.isidentifier() for site in sites):
                 raise ExperimentFileError(f"{path}: run {name!r}: cross_site must be a list of folder names under --data-root")
             runs.append(RunSpec(name, list(notebooks), parameters, run.get("reference", {}), str(run["name"]),
-                                cross_site=list(sites), data_root=None if data_root is None else str(Path(data_root).resolve())))
+                                swept=swept, cross_site=list(sites),
+                                data_root=None if data_root is None else str(Path(data_root).resolve())))
     return header, runs
 
 
@@ -511,6 +514,45 @@ def comparisons(results: list, files: dict) -> list:
     return sentences
 
 
+def studies(results: list, report_dir: Path, files: dict) -> list:
+    """One figure and one sentence per sweep: held-out Dice by the swept parameter, over seeds.
+
+    Runs of one experiment-file run (its ``group``) that a ``sweep`` made are a study: the points
+    are the swept parameter other than ``SEED`` (mean and spread over the seeds), and a training-set
+    size sweep is read by ``judgement.size_sweep`` on the per-image scores, averaged over seeds.
+    """
+    from lunghelpers import judgement, plots
+
+    groups = {}
+    for result in results:
+        if result.spec.swept and files[result.spec.name]["per_image"] is not None:
+            groups.setdefault(result.spec.group, []).append(result)
+    found = []
+    for group, members in groups.items():
+        parameters = [key for key in members[0].spec.swept if key != "SEED"] or ["SEED"]
+        parameter = parameters[0]
+        split = held_out_split(files[members[0].spec.name]["metrics"]) or "val"
+        rows = [{parameter: result.spec.swept.get(parameter, result.spec.parameters.get(parameter)),
+                 "dice": files[result.spec.name]["metrics"].get(f"{split}_dice")} for result in members]
+        table = pd.DataFrame(rows).dropna()
+        if table.empty:
+            continue
+        seeds = len({result.spec.swept.get("SEED", result.spec.parameters.get("SEED")) for result in members})
+        title = f"{group}: {SPLIT_WORDS[split]} Dice (kept model, per-image mean) by {parameter}, {seeds} seed(s)"
+        path = report_dir / f"study_{group}.png"
+        plots.save_figure(plots.sweep_errorbars(table, parameter, "dice", title=title), path)
+        sentence = ""
+        if parameter == "TRAIN_SIZE":
+            scores = {}
+            for result in members:
+                per_image = files[result.spec.name]["per_image"].set_index("name")["dice"]
+                scores.setdefault(int(result.spec.swept["TRAIN_SIZE"]), []).append(per_image)
+            sentence = judgement.size_sweep({size: pd.concat(parts, axis=1).mean(axis=1) for size, parts in scores.items()},
+                                            split=split)
+        found.append({"src": data_uri(path), "caption": title, "sentence": sentence})
+    return found
+
+
 def comparison_figures(results: list, report_dir: Path, files: dict) -> list:
     """Validation curves of all runs side by side, saved as PNGs in the report folder."""
     from lunghelpers import plots
@@ -584,6 +626,8 @@ other CPUs, GPUs or thread counts change them, the source recipe's by up to 0.02
 <details><summary>Parameters every run shares</summary><p class="meta">{% for key, value in shared.items() %}{{ key }} = {{ value }}{% if not loop.last %} · {% endif %}{% endfor %}</p></details>
 {% if failures %}<h2>Failed runs</h2>
 {% for run in failures %}<h3>{{ run.name }}</h3><pre>{{ run.error }}</pre><p>Log: <a href="{{ run.log }}">{{ run.log }}</a>{% for link in run.links %} · <a href="{{ link }}">{{ link.split('/')[-1] }}</a>{% endfor %}</p>{% endfor %}{% endif %}
+{% if studies %}<h2>Studies</h2>
+{% for study in studies %}<figure><img src="{{ study.src }}" alt="{{ study.caption }}" style="max-width:760px"><figcaption>{{ study.caption }}</figcaption></figure>{{ study.sentence }}{% endfor %}{% endif %}
 {% if compare_figures %}<h2>Learning curves, all runs</h2><div class="grid">
 {% for figure in compare_figures %}<figure><img src="{{ figure.src }}" alt="{{ figure.caption }}"><figcaption>{{ figure.caption }}</figcaption></figure>{% endfor %}</div>{% endif %}
 <h2>Runs</h2>
@@ -651,6 +695,8 @@ def write_report(header: dict, results: list, report_dir: Path, scale: str, comm
         comparisons=[jinja2.utils.markupsafe.Markup(mistune.html(sentence)) for sentence in comparisons(results, files)],
         failures=failures,
         compare_figures=compare,
+        studies=[{**study, "sentence": jinja2.utils.markupsafe.Markup(mistune.html(study["sentence"]))}
+                 for study in studies(results, report_dir, files)],
         runs=runs,
     )
     index = report_dir / "index.html"

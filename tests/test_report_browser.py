@@ -113,3 +113,28 @@ def test_an_unfinished_report_says_so(tmp_path):
     assert "Incomplete:</b> 1 of 3 runs finished" in page and "(first)" in page
     page = report.write_report(header, results, report_dir, "full", "cmd", total=1).read_text(encoding="utf-8")
     assert "Incomplete" not in page and "Quick scale" not in page
+
+
+def test_a_sweep_over_sizes_and_seeds_becomes_one_study_with_error_bars(tmp_path):
+    report_dir = tmp_path / "report"
+    rng = np.random.default_rng(1)
+    results = []
+    for size in (5, 20):
+        for seed in (1, 2):
+            name = f"c4-size-train-size-{size}-seed-{seed}"
+            result = made_up_run(report_dir, name)
+            result.spec = report.RunSpec(name, ["05_training.ipynb"], {"NAME": name}, {}, "c4-size",
+                                         swept={"TRAIN_SIZE": size, "SEED": seed})
+            scores = np.clip(rng.normal(0.6 + size / 100, 0.02, 12), 0, 1)
+            pd.DataFrame({"name": [f"img{i}" for i in range(12)], "dice": scores}).to_csv(result.run_dir / "per_image.csv", index=False)
+            train.write_json(result.run_dir / "metrics.json", {"n_val": 12, "val_dice": float(scores.mean())})
+            results.append(result)
+    header = {"name": "sweep", "description": "", "source": "sweep.yaml"}
+    index = report.write_report(header, results, report_dir, "full", "cmd")
+    page = index.read_text(encoding="utf-8")
+    assert "<h2>Studies</h2>" in page
+    assert "c4-size: validation Dice (kept model, per-image mean) by TRAIN_SIZE, 2 seed(s)" in page
+    assert "Mean validation" in page and "training-set size: 5 images" in page  # judgement.size_sweep's sentence
+    assert (report_dir / "study_c4-size.png").stat().st_size > 0
+    measured, _ = measure(index, tmp_path)
+    assert measured["broken"] == 0 and measured["scrollWidth"] <= measured["innerWidth"]
