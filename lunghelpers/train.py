@@ -26,6 +26,7 @@ import os
 import platform
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,8 +293,16 @@ def _remove_stale_temporaries(folder):
 
 
 def differences(recorded, params):
-    """``{name: (recorded value, new value)}`` for the parameters that differ (location ones aside)."""
+    """``{name: (recorded value, new value)}`` for the parameters that differ (location ones aside).
+
+    A training parameter that a run's ``params.json`` lacks because it was added to the kit later
+    counts as recorded with its default value, so an older run stays the same run.
+    """
+    from lunghelpers.experiment import ExperimentConfig
+
+    defaults = _plain({field.name: getattr(ExperimentConfig(), field.name) for field in dataclasses.fields(ExperimentConfig)})
     recorded, params = _plain(recorded), _plain(params)
+    recorded = {**{key: defaults[key] for key in params if key in defaults and key not in recorded}, **recorded}
     return {
         key: (recorded.get(key), params.get(key))
         for key in sorted(set(recorded) | set(params))
@@ -364,9 +373,11 @@ def open_run(run_dir, params, name_parameter="NAME"):
         write_json(run.params_path, record)
     elif differing:
         details = "; ".join(f"{key.upper()}: {old!r} there, {new!r} here" for key, (old, new) in differing.items())
+        advice = (f"Set {name_parameter} to a new name (or RUN_DIR to another folder)" if name_parameter == "NAME"
+                  else f"Set {name_parameter} to another folder")
         raise RunParametersError(
-            f"{run.path} holds a run with other parameters ({details}). Nothing was changed. Set "
-            f"{name_parameter} to a new name (or RUN_DIR to another folder) to train this one beside it."
+            f"{run.path} holds a run with other parameters ({details}). Nothing was changed. "
+            f"{advice} to train this one beside it."
         )
     return run
 

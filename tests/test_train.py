@@ -301,3 +301,11 @@ def test_learning_really_happens(tmp_path):
     final_dice, first_dice = history["val_dice"][-1], history["val_dice"][0]
     assert final_dice > 0.7
     assert final_dice - first_dice >= 0.2
+
+
+def test_a_parameter_added_to_the_kit_later_keeps_an_older_run_the_same_run(tmp_path):
+    older = {"epochs": 3, "loss": "bce"}  # recorded before CACHE existed
+    train.open_run(tmp_path, older)
+    train.open_run(tmp_path, {**older, "cache": False})  # the default: the same run
+    with pytest.raises(train.RunParametersError, match=r"CACHE: False there, True here.*Set RUNS_DIR to another folder"):
+        train.open_run(tmp_path, {**older, "cache": True}, name_parameter="RUNS_DIR")
