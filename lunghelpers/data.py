@@ -7,7 +7,7 @@ Conventions shared by the whole kit:
   0 = background, 1 = the patient's RIGHT lung (seen on the image's LEFT side), 2 = the left lung;
 * ``image_size`` is (height, width), as in Keras.
 
-With its defaults, :func:`load_pairs` follows the CT assignment's recipe (SPEC A.1): read every file
+With its defaults, :func:`load_pairs` follows the CT assignment's recipe: read every file
 with ``cv2.IMREAD_UNCHANGED``, scale each image to [0, 1] by its own minimum and maximum, scale each
 mask by its maximum to {0, 1}, resize images with Lanczos and masks with nearest neighbour, and
 stack to (N, H, W, 1).
@@ -25,8 +25,11 @@ Which loader to use when:
 
 from __future__ import annotations
 
+import collections
+import difflib
 import json
 import math
+import numbers
 import os
 import shutil
 import warnings
@@ -34,7 +37,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
+
+from lunghelpers._quiet import progress_bar as tqdm
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 MASK_SUFFIX = "_mask"
@@ -62,6 +66,12 @@ LAYOUTS = {
 # Sub-folders of a data root that may hold a kind's dataset (synthetic sets, the shared copies).
 KIND_FOLDERS = {"ct": ("ct", "kaggle_ct2d"), "xray": ("xray",)}
 NAMES_SHOWN = 10
+# image_size sides above this would not fit a teaching machine's memory (8000 slices at 4096 px
+# are 537 GB of float32).
+MAX_IMAGE_SIDE = 4096
+# An image with a side under this share of the requested side is enlarged so much that it is
+# almost surely the wrong file (a thumbnail, an icon); load_pairs warns about it by name.
+SMALL_IMAGE_FRACTION = 0.25
 
 
 class DataError(ValueError):
@@ -77,9 +87,116 @@ def _name_list(names):
     return shown
 
 
+def _is_integer(value):
+    """True for Python and NumPy integers, False for bools, floats and strings."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    """True for finite real numbers (Python or NumPy), False for bools, strings and NaN/inf."""
+    return (
+        isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def _one_of(name, value, choices):
+    """Raise ValueError unless value is one of choices, suggesting the closest known choice."""
+    if isinstance(value, str) and value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}{hint}")
+
+
+def check_image_size(image_size, name="image_size"):
+    """Return image_size as (height, width), or raise ValueError naming ``name``.
+
+    Accepts one positive integer (a square side, e.g. 128) or a pair of positive integers
+    (height, width), each at most MAX_IMAGE_SIDE. A string such as "64" (a quoted number in a
+    YAML file) is refused rather than read character by character.
+    """
+    expected = (
+        f"{name} must be a positive integer or (height, width) with two positive integers of at "
+        f"most {MAX_IMAGE_SIDE}"
+    )
+    if isinstance(image_size, str):
+        raise ValueError(
+            f"{expected}, got the string {image_size!r}: write the number without quotes "
+            "(e.g. 128 or [128, 128])"
+        )
+    sides = (image_size, image_size) if _is_integer(image_size) else image_size
+    if not (
+        isinstance(sides, (tuple, list, np.ndarray))
+        and len(sides) == 2
+        and all(_is_integer(side) and 0 < side <= MAX_IMAGE_SIDE for side in sides)
+    ):
+        raise ValueError(f"{expected}, got {image_size!r}")
+    return int(sides[0]), int(sides[1])
+
+
+def check_fractions(fractions, name="fractions"):
+    """Return fractions as a tuple of floats, or raise ValueError naming ``name``.
+
+    Expects a list or tuple of numbers, each in (0, 1), that sum to 1, e.g. (0.6, 0.2, 0.2).
+    """
+    expected = (
+        f"{name} must be positive numbers below 1 that sum to 1, as a list such as [0.8, 0.2]"
+    )
+    if isinstance(fractions, str):
+        raise ValueError(
+            f"{expected}, got the string {fractions!r}: write a list of numbers, e.g. [0.8, 0.2]"
+        )
+    if not isinstance(fractions, (tuple, list, np.ndarray)) or len(fractions) == 0:
+        raise ValueError(f"{expected}, got {fractions!r}")
+    for fraction in fractions:
+        if not (_is_number(fraction) and 0 < fraction < 1):
+            raise ValueError(
+                f"{expected}, got {tuple(fractions)}: {fraction!r} is not a number in (0, 1)"
+            )
+    values = tuple(float(fraction) for fraction in fractions)
+    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{name} must sum to 1, got {values} (sum {sum(values):g})")
+    return values
+
+
+def check_limit(limit, name="limit"):
+    """Return limit (None or a positive int), or raise ValueError naming ``name``."""
+    if limit is None:
+        return None
+    if not _is_integer(limit) or limit < 1:
+        raise ValueError(
+            f"{name} must be a positive integer (the number of pairs to load) or None for all, "
+            f"got {limit!r}"
+        )
+    return int(limit)
+
+
+def check_window(window, name="window"):
+    """Return a CT window as (low, high) floats, or raise ValueError naming ``name``."""
+    expected = (
+        f"{name} must be (low, high): two finite numbers in HU with low < high, "
+        "e.g. (-1000, 400)"
+    )
+    if (
+        isinstance(window, str)
+        or not isinstance(window, (tuple, list, np.ndarray))
+        or len(window) != 2
+        or not all(_is_number(value) for value in window)
+    ):
+        raise ValueError(f"{expected}, got {window!r}")
+    low, high = float(window[0]), float(window[1])
+    if not low < high:
+        raise ValueError(f"{expected}, got {tuple(window)}")
+    return low, high
+
+
 def _image_files(folder, role):
     """List the image files of a folder, sorted by name, or raise DataError if there are none."""
+    if not isinstance(folder, (str, os.PathLike)) or str(folder) == "":
+        raise ValueError(f"{role}_dir must be the path of a folder of images, got {folder!r}")
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{role} folder {folder} is a file: expected a folder of image files")
     if not folder.is_dir():
         raise DataError(f"{role} folder {folder} does not exist: expected a folder of image files")
     files = sorted(
@@ -122,9 +239,9 @@ def find_pairs(image_dir, mask_dir):
     ``_mask`` suffix. Every image needs a mask and every mask an image: otherwise a DataError
     lists the names without a partner, so a half-copied data set is noticed at once.
     """
-    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     image_files = _image_files(image_dir, "image")
     mask_files = _image_files(mask_dir, "mask")
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     if image_dir.resolve() == mask_dir.resolve():
         image_files = [path for path in image_files if not path.stem.endswith(MASK_SUFFIX)]
         mask_files = [path for path in mask_files if path.stem.endswith(MASK_SUFFIX)]
@@ -163,16 +280,40 @@ def read_image(path):
         image = cv2.cvtColor(image, code)
     if image.ndim != 2:
         raise DataError(f"{path} has shape {image.shape}: expected a greyscale or colour 2D image")
+    if image.size == 0:
+        raise DataError(f"{path} holds no pixels: expected an image of at least 1x1 pixels")
+    if image.dtype.kind == "f":
+        bad = ~np.isfinite(image)
+        if bad.any():
+            row, column = np.argwhere(bad)[0]
+            raise DataError(
+                f"{path} holds {int(bad.sum())} non-finite pixel value(s) (NaN or infinity; the "
+                f"first at row {row}, column {column}): expected finite intensities in every "
+                "pixel; repair the file or move it out of the folder together with its mask"
+            )
     return image
 
 
+def _check_finite(image):
+    """Raise ValueError if a float image holds NaN or infinity (normalisation would spread it)."""
+    if np.asarray(image).dtype.kind == "f" and not np.isfinite(image).all():
+        raise ValueError(
+            "image holds non-finite values (NaN or infinity): expected finite intensities; "
+            "read files with read_image, which names the file"
+        )
+
+
 def _minmax(image):
-    """Scale an image to [0, 1] by its own minimum and maximum (a constant image gives zeros)."""
-    image = image.astype(np.float32)
+    """Scale an image to [0, 1] by its own minimum and maximum (a constant image gives zeros).
+
+    Computed in float64, so float32 images spanning more than float32's range (e.g. -3e38 to
+    3e38) give no overflow and no NaN.
+    """
+    image = image.astype(np.float64)
     low, high = float(image.min()), float(image.max())
     if high == low:
-        return np.zeros_like(image)
-    return (image - low) / (high - low)
+        return np.zeros(image.shape, dtype=np.float32)
+    return ((image - low) / (high - low)).astype(np.float32)
 
 
 def normalize(image, method="minmax", window=DEFAULT_WINDOW):
@@ -191,34 +332,33 @@ def normalize(image, method="minmax", window=DEFAULT_WINDOW):
       linearly to [0, 1] by x' = (z + 3) / 6, so the mean lands at 0.5 and the kit's [0, 1]
       convention holds.
     """
+    _one_of("normalization", method, NORMALIZATIONS)
+    _check_finite(image)
     if method == "minmax":
         return _minmax(image)
     if method == "window":
-        low, high = window
-        if not low < high:
-            raise ValueError(f"window must be (low, high) with low < high, got {window}")
+        low, high = check_window(window)
         if image.dtype == np.uint8:
             warnings.warn(
                 "normalization='window' expects CT numbers (int16 Hounsfield units) but got 8-bit "
                 "images; 'minmax' or 'clahe' suit 8-bit images",
                 stacklevel=2,
             )
-        scaled = (image.astype(np.float32) - low) / (high - low)
-        return np.clip(scaled, 0.0, 1.0)
+        scaled = (image.astype(np.float64) - low) / (high - low)
+        return np.clip(scaled, 0.0, 1.0).astype(np.float32)
     if method == "clahe":
         equaliser = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
         if image.dtype == np.uint8:
             return equaliser.apply(image).astype(np.float32) / 255.0
         sixteen_bit = np.round(_minmax(image) * 65535.0).astype(np.uint16)
         return equaliser.apply(sixteen_bit).astype(np.float32) / 65535.0
-    if method == "zscore":
-        image = image.astype(np.float32)
-        deviation = float(image.std())
-        if deviation == 0.0:
-            return np.full_like(image, 0.5)
-        z_scores = np.clip((image - image.mean()) / deviation, -ZSCORE_CLIP, ZSCORE_CLIP)
-        return (z_scores + ZSCORE_CLIP) / (2 * ZSCORE_CLIP)
-    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {method!r}")
+    # "zscore", in float64 so that a wide float32 range neither overflows nor gives NaN
+    image = image.astype(np.float64)
+    deviation = float(image.std())
+    if deviation == 0.0 or not math.isfinite(deviation):
+        return np.full(image.shape, 0.5, dtype=np.float32)
+    z_scores = np.clip((image - image.mean()) / deviation, -ZSCORE_CLIP, ZSCORE_CLIP)
+    return ((z_scores + ZSCORE_CLIP) / (2 * ZSCORE_CLIP)).astype(np.float32)
 
 
 def binary_foreground(mask):
@@ -228,7 +368,7 @@ def binary_foreground(mask):
     least LEVEL_MIN_SHARE (5 %) of the mask's non-zero pixels and is at least max / MAX_LABEL_LEVELS
     (a label mask has at most 16 classes). One rule then fits every kind of mask:
 
-    * 0/255 -> lung = value > 127.5, the same as the SPEC's mask / max;
+    * 0/255 -> lung = value > 127.5, the same as the CT assignment's mask / max;
     * label masks 0/128/255 or 0/1/2 -> every lung value counts (> 64, > 0.5);
     * soft borders (the X-ray set's bicubic resizing; each border value is rare) and JPEG noise
       (small values near 0, values just under the maximum) -> about half the maximum (> 127.5).
@@ -280,57 +420,82 @@ def left_right_labels(foreground):
 
 
 def _mask_values(pairs, progress):
-    """Return the sorted distinct values over all masks: the class values of mask_mode='labels'."""
-    values = set()
+    """Return (sorted distinct values over all masks, pixel count of each): the 'labels' classes."""
+    counts = collections.Counter()
     for _, mask_path, _ in tqdm(pairs, desc="scanning mask values", disable=not progress):
-        values.update(np.unique(read_image(mask_path)).tolist())
-    return np.array(sorted(values))
+        values, value_counts = np.unique(read_image(mask_path), return_counts=True)
+        counts.update(dict(zip(values.tolist(), value_counts.tolist())))
+    values = np.array(sorted(counts))
+    return values, np.array([counts[value] for value in values.tolist()], dtype=np.int64)
 
 
-def _check_label_values(class_values, mask_dir):
-    """Raise DataError unless the mask values form a small set of labels with two or more lungs."""
-    if class_values.size > MAX_LABEL_LEVELS:
-        raise DataError(
-            f"mask_mode='labels' needs lossless label masks, but the masks in {mask_dir} hold "
-            f"{class_values.size} distinct values (soft borders or JPEG noise); use "
-            "mask_mode='binary' or 'left_right'"
-        )
+def _value_list(values):
+    """Show at most 2 * NAMES_SHOWN values of a sorted array: the lowest and the highest."""
+    values = [
+        f"{value:g}" if isinstance(value, (int, float)) else repr(value)
+        for value in np.atleast_1d(np.asarray(values)).ravel().tolist()
+    ]
+    if len(values) > 2 * NAMES_SHOWN:
+        values = values[:NAMES_SHOWN] + ["..."] + values[-NAMES_SHOWN:]
+    return "[" + ", ".join(values) + "]"
+
+
+def _check_label_values(class_values, counts, mask_dir):
+    """Raise DataError unless the mask values form a small set of labels with two or more lungs.
+
+    Label masks (0/128/255, 0/1/2) hold few values, each covering a good share of the lung pixels.
+    More than MAX_LABEL_LEVELS values, or a foreground value covering less than LEVEL_MIN_SHARE of
+    the foreground pixels (the smallest value is background), mean soft borders or JPEG noise.
+    """
+    advice = (
+        "use mask_mode='binary' (lung or not; it binarises soft and JPEG masks), or "
+        "'left_right' to derive left/right labels"
+    )
     if class_values.size <= 2:
         raise DataError(
             f"mask_mode='labels' needs masks with two or more foreground values, but the masks in "
             f"{mask_dir} hold only {class_values.tolist()} (a binary set); use mask_mode='binary', "
             "or 'left_right' to derive left/right labels"
         )
-
-
-def _check_arguments(image_size, mask_mode, normalization):
-    """Raise ValueError for an unknown mask_mode or normalization or a malformed image_size."""
-    if mask_mode not in MASK_MODES:
-        raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    is_pair = isinstance(image_size, (tuple, list)) and len(image_size) == 2
-    if not is_pair or not all(
-        isinstance(side, (int, np.integer)) and not isinstance(side, bool) and side > 0
-        for side in image_size
-    ):
-        raise ValueError(
-            f"image_size must be (height, width) with two positive integers, got {image_size!r}"
+    foreground = counts[1:]
+    rare = class_values[1:][foreground < LEVEL_MIN_SHARE * foreground.sum()]
+    if class_values.size > MAX_LABEL_LEVELS or rare.size:
+        found = f"{class_values.size} distinct values {_value_list(class_values)}"
+        if rare.size:
+            found += (
+                f", {rare.size} of them covering less than {LEVEL_MIN_SHARE:.0%} of the lung "
+                f"pixels each ({_value_list(rare)})"
+            )
+        raise DataError(
+            f"mask_mode='labels' needs lossless label masks with at most {MAX_LABEL_LEVELS} "
+            f"values, but the masks in {mask_dir} hold {found}: soft borders or JPEG noise, not "
+            f"classes; {advice}"
         )
+
+
+def _check_arguments(image_size, mask_mode, normalization, window=DEFAULT_WINDOW, limit=None):
+    """Check the data-layer arguments; return image_size as (height, width).
+
+    Raises ValueError naming the parameter and what was expected.
+    """
+    _one_of("mask_mode", mask_mode, MASK_MODES)
+    _one_of("normalization", normalization, NORMALIZATIONS)
+    check_window(window)
+    check_limit(limit)
+    return check_image_size(image_size)
 
 
 def _selected_pairs(image_dir, mask_dir, limit):
     """Return find_pairs' list, cut to the first ``limit`` pairs when limit is given."""
-    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
-        raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    return find_pairs(image_dir, mask_dir)[:limit]
+    return find_pairs(image_dir, mask_dir)[: check_limit(limit)]
 
 
 class _PairReader:
     """Turn one (image, mask) file pair into a resized image in [0, 1] and a mask of class ids.
 
     It remembers which files deserve a warning (empty masks, masks split at the centre column,
-    image sizes that differ) so that load_pairs and build_cache warn once at the end.
+    constant images, images far smaller than image_size, image sizes that differ) so that
+    load_pairs and build_cache warn once per kind of problem at the end.
     """
 
     def __init__(self, image_size, mask_mode, normalization, window, class_values):
@@ -341,6 +506,8 @@ class _PairReader:
         self.class_values = class_values
         self.empty_masks = []
         self.split_masks = []
+        self.constant_images = []
+        self.small_images = []
         self.source_sizes = set()
 
     def read(self, image_path, mask_path, name):
@@ -354,6 +521,14 @@ class _PairReader:
                 "size"
             )
         self.source_sizes.add(image.shape)
+        if image.min() == image.max():
+            self.constant_images.append(f"{name} (every pixel {image.flat[0]})")
+        source_height, source_width = image.shape
+        if min(image.shape) <= 1 or (
+            source_height < SMALL_IMAGE_FRACTION * self.height
+            or source_width < SMALL_IMAGE_FRACTION * self.width
+        ):
+            self.small_images.append(f"{name} ({source_width}x{source_height})")
         size = (self.width, self.height)
         image = normalize(image, self.normalization, self.window)
         image = np.clip(cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4), 0.0, 1.0)
@@ -369,8 +544,23 @@ class _PairReader:
             self.empty_masks.append(name)
         return image, cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST_EXACT)
 
-    def warn(self, mask_dir):
+    def warn(self, image_dir, mask_dir):
         """Emit one warning per kind of problem met, naming the files concerned."""
+        if self.constant_images:
+            warnings.warn(
+                f"{len(self.constant_images)} image(s) in {image_dir} are constant (one value in "
+                "every pixel, so they show nothing and normalise to a flat image): "
+                f"{_name_list(self.constant_images)}",
+                stacklevel=3,
+            )
+        if self.small_images:
+            warnings.warn(
+                f"{len(self.small_images)} image(s) in {image_dir} are far smaller than "
+                f"image_size {self.height}x{self.width} (height x width; under "
+                f"{SMALL_IMAGE_FRACTION:.0%} of it on a side) and were enlarged to it: "
+                f"{_name_list(self.small_images)}",
+                stacklevel=3,
+            )
         if self.empty_masks:
             warnings.warn(
                 f"{len(self.empty_masks)} mask(s) in {mask_dir} have no foreground (kept as all "
@@ -394,12 +584,12 @@ class _PairReader:
 
 
 def _pair_reader(pairs, mask_dir, image_size, mask_mode, normalization, window, progress):
-    """Check the arguments and build the reader, scanning the mask values in 'labels' mode."""
+    """Build the reader, scanning and checking the mask values in 'labels' mode."""
     class_values = None
     if mask_mode == "labels":
-        class_values = _mask_values(pairs, progress)
-        _check_label_values(class_values, mask_dir)
-    return _PairReader(tuple(image_size), mask_mode, normalization, window, class_values)
+        class_values, counts = _mask_values(pairs, progress)
+        _check_label_values(class_values, counts, mask_dir)
+    return _PairReader(image_size, mask_mode, normalization, window, class_values)
 
 
 def load_pairs(
@@ -431,11 +621,15 @@ def load_pairs(
       the image's left), 2 = the left lung, computed at full resolution before resizing (see
       left_right_labels; these are derived, not annotated).
 
-    Masks without foreground are kept with a warning; images of different sizes are all resized,
-    with one warning. ``limit`` loads only the first pairs (quick looks and tests). For sets too
-    large for memory use build_cache and cache_dataset.
+    ``image_size`` is one side (a square, e.g. 128) or (height, width). Every argument is checked
+    first (a ValueError names it and what was expected). A file with a NaN or infinite pixel is a
+    DataError naming it, before anything is normalised. Masks without foreground, constant
+    images and images far smaller than ``image_size`` (under a quarter of it on a side) are kept
+    with one warning per kind listing the files; images of different sizes are all resized, with
+    one warning. ``limit`` loads only the first pairs (quick looks and tests). For sets too large
+    for memory use build_cache and cache_dataset.
     """
-    _check_arguments(image_size, mask_mode, normalization)
+    image_size = _check_arguments(image_size, mask_mode, normalization, window, limit)
     pairs = _selected_pairs(image_dir, mask_dir, limit)
     reader = _pair_reader(pairs, mask_dir, image_size, mask_mode, normalization, window, progress)
     height, width = image_size
@@ -445,18 +639,8 @@ def load_pairs(
         tqdm(pairs, desc="loading pairs", disable=not progress)
     ):
         images[index, :, :, 0], masks[index, :, :, 0] = reader.read(image_path, mask_path, name)
-    reader.warn(mask_dir)
+    reader.warn(image_dir, mask_dir)
     return images, masks, [name for _, _, name in pairs]
-
-
-def _check_fractions(fractions):
-    """Raise ValueError unless fractions are positive and sum to 1."""
-    if len(fractions) == 0 or any(fraction <= 0 for fraction in fractions):
-        raise ValueError(f"fractions must be positive numbers, got {tuple(fractions)}")
-    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ValueError(
-            f"fractions must sum to 1, got {tuple(fractions)} (sum {sum(fractions):g})"
-        )
 
 
 def split_indices(n, fractions=(0.6, 0.2, 0.2), shuffle=False, seed=220):
@@ -467,13 +651,18 @@ def split_indices(n, fractions=(0.6, 0.2, 0.2), shuffle=False, seed=220):
     as the source did; with ``shuffle=True`` the order is a permutation drawn from
     np.random.default_rng(seed), so the same seed always gives the same split (the lab's 80/20).
     """
-    _check_fractions(fractions)
+    fractions = check_fractions(fractions)
+    if not _is_integer(n) or n < 0:
+        raise ValueError(f"n must be a non-negative integer (the number of items), got {n!r}")
+    if shuffle and (not _is_integer(seed) or seed < 0):
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
     sizes = [math.floor(fraction * n + 1e-9) for fraction in fractions[:-1]]
     sizes.append(n - sum(sizes))
     if min(sizes) == 0:
         raise ValueError(
-            f"splitting {n} items by {tuple(fractions)} leaves an empty part (sizes {sizes})"
+            f"fractions {fractions} split {n} items into parts of {sizes} items: that leaves an "
+            "empty part; use larger fractions, fewer parts or more items"
         )
     return np.split(order, np.cumsum(sizes)[:-1])
 
@@ -503,6 +692,8 @@ def dataset_dirs(root, kind=None):
     """
     if kind not in (None, *KIND_FOLDERS):
         raise ValueError(f"kind must be None, 'ct' or 'xray', got {kind!r}")
+    if not isinstance(root, (str, os.PathLike)) or str(root) == "":
+        raise ValueError(f"root must be the path of a data set folder, got {root!r}")
     root = Path(root)
     layouts = [LAYOUTS[kind], LAYOUTS["generic"]] if kind else list(LAYOUTS.values())
     folders = [root] + [root / name for name in KIND_FOLDERS.get(kind, ())]
@@ -540,7 +731,43 @@ def _read_cache_info(cache_dir):
             f"{cache_dir} is not a lunghelpers cache: expected a folder made by build_cache, "
             f"holding {CACHE_INFO_FILE}"
         )
-    return json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+        info["settings"], info["names"], info["class_count"]
+    except (ValueError, TypeError, KeyError) as error:
+        raise DataError(
+            f"{info_path} is damaged ({type(error).__name__}: {error}): expected the JSON written "
+            f"by build_cache; delete the folder {cache_dir} and build the cache again"
+        ) from None
+    return info
+
+
+def _process_is_running(pid):
+    """True if a process with this id exists (a temporary folder of it may still be in use)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(target):
+    """Delete ``.<name>.tmp-<pid>`` siblings of ``target`` left by processes that no longer run.
+
+    build_cache and synthetic.generate write into such a folder and rename it when complete; a
+    killed run leaves it behind, and the next start removes it. Folders of running processes are
+    kept (a parallel run may be writing there).
+    """
+    target = Path(target)
+    prefix = f".{target.name}.tmp-"
+    if not target.parent.is_dir():
+        return
+    for path in target.parent.iterdir():
+        pid = path.name[len(prefix):]
+        if path.name.startswith(prefix) and pid.isdigit() and not _process_is_running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def build_cache(
@@ -566,9 +793,10 @@ def build_cache(
     folder is never half-written. An existing cache with the same settings is reused; one with
     other settings raises DataError rather than being mixed or overwritten.
     """
-    _check_arguments(image_size, mask_mode, normalization)
-    if image_dtype not in CACHE_IMAGE_DTYPES:
-        raise ValueError(f"image_dtype must be one of {CACHE_IMAGE_DTYPES}, got {image_dtype!r}")
+    image_size = _check_arguments(image_size, mask_mode, normalization, window, limit)
+    _one_of("image_dtype", image_dtype, CACHE_IMAGE_DTYPES)
+    if not isinstance(cache_dir, (str, os.PathLike)) or str(cache_dir) == "":
+        raise ValueError(f"cache_dir must be the path of a folder to create, got {cache_dir!r}")
     cache_dir = Path(cache_dir)
     settings = _cache_settings(
         image_dir, mask_dir, image_size, mask_mode, normalization, window, image_dtype, limit
@@ -583,6 +811,7 @@ def build_cache(
         )
     pairs = _selected_pairs(image_dir, mask_dir, limit)
     reader = _pair_reader(pairs, mask_dir, image_size, mask_mode, normalization, window, progress)
+    remove_stale_temporaries(cache_dir)
     temporary = cache_dir.with_name(f".{cache_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
@@ -614,7 +843,7 @@ def build_cache(
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    reader.warn(mask_dir)
+    reader.warn(image_dir, mask_dir)
     return cache_dir
 
 
@@ -625,8 +854,23 @@ def load_cache(cache_dir):
     (N, H, W, 1). Nothing is read into memory until it is indexed.
     """
     info = _read_cache_info(cache_dir)
-    images = np.load(Path(cache_dir) / "images.npy", mmap_mode="r")
-    masks = np.load(Path(cache_dir) / "masks.npy", mmap_mode="r")
+    arrays = []
+    for name in ("images.npy", "masks.npy"):
+        path = Path(cache_dir) / name
+        try:
+            arrays.append(np.load(path, mmap_mode="r"))
+        except (OSError, ValueError) as error:
+            raise DataError(
+                f"{path} is missing or damaged ({error}): delete the folder {cache_dir} and build "
+                "the cache again"
+            ) from None
+    images, masks = arrays
+    if images.shape[0] != len(info["names"]) or masks.shape != images.shape:
+        raise DataError(
+            f"cache {cache_dir} is damaged: images.npy {images.shape}, masks.npy {masks.shape} and "
+            f"{len(info['names'])} names in {CACHE_INFO_FILE} do not match; delete the folder and "
+            "build the cache again"
+        )
     return images, masks, info["names"]
 
 
@@ -644,26 +888,42 @@ def cache_dataset(
 
     ``indices`` picks the slices (e.g. one part of split_indices(n, (0.8, 0.2), shuffle=True));
     default all. The *indices* are shuffled (seeded, reshuffled each epoch) and repeated with
-    lunghelpers.augment.shuffle_and_repeat, then batched, and each batch is gathered from the memory maps, so only the batches in flight are in memory
-    (shuffling decoded images instead would hold the whole set in the shuffle buffer). The
+    lunghelpers.augment.shuffle_and_repeat, then batched, and each batch is gathered from the
+    memory maps, so only the batches in flight are in memory (shuffling decoded images instead
+    would hold the whole set in the shuffle buffer). Bad ``indices``, ``batch_size`` or
+    ``n_classes`` raise ValueError before TensorFlow is touched. The
     batches go through lunghelpers.augment.augment_dataset, which converts images to float32
     (B, H, W, 1) in [0, 1], applies ``augment`` (anything augment.get_config accepts: None, a
     preset name such as "lab", a dict or an AugmentConfig; one seeded draw for image and mask)
     and makes float32 targets: (B, H, W, 1) in {0, 1} when n_classes is 1 (any non-zero class
     counts as lung), else one-hot (B, H, W, n_classes).
     """
-    import tensorflow as tf
-
-    from lunghelpers import augment as augmentation
-
     class_count = _read_cache_info(cache_dir)["class_count"]
-    if n_classes != 1 and n_classes < class_count:
+    if not _is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not _is_integer(n_classes) or (n_classes != 1 and n_classes < class_count):
         raise ValueError(
             f"n_classes must be 1 (binary targets) or at least {class_count}, the classes in cache "
             f"{cache_dir} (background included), got {n_classes}"
         )
     images, masks, _ = load_cache(cache_dir)
-    indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+    if indices is None:
+        indices = np.arange(len(images))
+    else:
+        given = np.asarray(indices)
+        if given.ndim != 1 or given.size == 0 or given.dtype.kind not in "iu" or not (
+            0 <= given.min() and given.max() < len(images)
+        ):
+            raise ValueError(
+                f"indices must be a non-empty list of slice numbers from 0 to {len(images) - 1} "
+                f"(the {len(images)} slices of cache {cache_dir}), got {_value_list(given)}"
+            )
+        indices = given.astype(np.int64)
+
+    import tensorflow as tf
+
+    from lunghelpers import augment as augmentation
+
     image_dtype = tf.as_dtype(images.dtype)
     height, width = images.shape[1:3]
 
@@ -679,7 +939,11 @@ def cache_dataset(
         return batch_images, batch_masks
 
     dataset = augmentation.shuffle_and_repeat(
-        tf.data.Dataset.from_tensor_slices(indices), len(indices), seed=seed, shuffle=shuffle, repeat=repeat
+        tf.data.Dataset.from_tensor_slices(indices),
+        len(indices),
+        seed=seed,
+        shuffle=shuffle,
+        repeat=repeat,
     )
     dataset = dataset.batch(batch_size).map(load_batch)
     dataset = augmentation.augment_dataset(dataset, augment, seed=seed, n_classes=n_classes)

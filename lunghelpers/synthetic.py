@@ -23,6 +23,10 @@ Command line::
         [--jpeg] [--overwrite]
 
 Without ``--out`` it fills ``data/synthetic/<kind>`` (the kit's default data) if that is missing.
+``--overwrite`` replaces a generated set with other settings, but only if the folder holds nothing
+but the files the generator wrote (listed in ``dataset.json``); the new set is written next to the
+old one and swapped in when complete, so a failure leaves the old set as it was. Every error is
+one line on stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -31,19 +35,22 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from lunghelpers import data, paths
+from lunghelpers._quiet import progress_bar as tqdm
 
 KINDS = ("ct", "xray")
 DEFAULT_COUNTS = {"ct": 267, "xray": 200}
 DEFAULT_SIZE = 512
 MINIMUM_SIZE = 64
+MAXIMUM_SIZE = 4096
+MAXIMUM_COUNT = 100_000
 MARKER_FILE = "dataset.json"
 # Bump when the drawing code changes, so old folders are not taken for new ones.
 GENERATOR_VERSION = 2
@@ -454,16 +461,28 @@ def _write(path, array):
         raise OSError(f"OpenCV could not write {path}")
 
 
+def _is_integer(value):
+    """True for Python and NumPy integers, False for bools (True is an int in Python)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _check_settings(kind, count, size, seed, jpeg):
     """Raise ValueError for an unknown kind or a count, size or seed out of range."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if not isinstance(count, (int, np.integer)) or count < 1:
-        raise ValueError(f"count must be a positive integer, got {count!r}")
-    if not isinstance(size, (int, np.integer)) or size < MINIMUM_SIZE:
-        raise ValueError(f"size must be an integer of at least {MINIMUM_SIZE} pixels, got {size!r}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not _is_integer(count) or not 1 <= count <= MAXIMUM_COUNT:
+        raise ValueError(
+            f"count must be a positive integer of at most {MAXIMUM_COUNT}, got {count!r}"
+        )
+    if not _is_integer(size) or not MINIMUM_SIZE <= size <= MAXIMUM_SIZE:
+        raise ValueError(
+            f"size must be an integer of at least {MINIMUM_SIZE} and at most {MAXIMUM_SIZE} "
+            f"pixels, got {size!r}"
+        )
+    if not _is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(jpeg, (bool, np.bool_)):
+        raise ValueError(f"jpeg must be True or False, got {jpeg!r}")
     if jpeg and kind != "xray":
         raise ValueError("jpeg=True is only for kind='xray' (CT slices are int16 TIFF)")
 
@@ -471,7 +490,101 @@ def _check_settings(kind, count, size, seed, jpeg):
 def _read_marker(folder):
     """Return the settings stored in a generated folder's marker file, or None if there is none."""
     marker = Path(folder) / MARKER_FILE
-    return json.loads(marker.read_text()) if marker.is_file() else None
+    if not marker.is_file():
+        return None
+    try:
+        settings = json.loads(marker.read_text())
+        if not isinstance(settings, dict):
+            raise ValueError(f"expected a JSON object, found {type(settings).__name__}")
+    except (OSError, ValueError) as error:
+        raise data.DataError(
+            f"{marker} is damaged ({error}): expected the settings a generated set keeps there; "
+            f"if {folder} holds nothing of yours, delete it and generate the set again"
+        ) from None
+    return settings
+
+
+def _set_files(kind, count, jpeg):
+    """The relative paths (POSIX style) of the image and mask files of a set, sorted."""
+    image_folder, mask_folder, pattern = _layout(kind, jpeg)
+    names = [pattern.format(index=index) for index in range(count)]
+    return sorted(f"{folder}/{name}" for folder in (image_folder, mask_folder) for name in names)
+
+
+def _generated_files(folder, marker):
+    """The files a generated set wrote: its manifest (marker "files"), or those its settings imply.
+
+    Sets written before the manifest existed list no files; their names follow from kind, count
+    and jpeg.
+    """
+    if isinstance(marker.get("files"), list):
+        return set(marker["files"])
+    try:
+        return set(_set_files(marker["kind"], int(marker["count"]), bool(marker.get("jpeg"))))
+    except (KeyError, TypeError, ValueError):
+        raise data.DataError(
+            f"{Path(folder) / MARKER_FILE} lists no files and no valid kind and count: cannot tell "
+            f"the generated files of {folder} from yours; move your files out and delete it"
+        ) from None
+
+
+def _foreign_files(folder, marker):
+    """Relative paths under a generated folder that the generator did not write, sorted."""
+    generated = _generated_files(folder, marker) | {MARKER_FILE}
+    parents = {str(Path(name).parent) for name in generated} - {"."}
+    foreign = []
+    for path in Path(folder).rglob("*"):
+        relative = path.relative_to(folder).as_posix()
+        if path.is_dir() and not path.is_symlink() and relative in parents:
+            continue
+        if relative not in generated:
+            foreign.append(relative)
+    return sorted(foreign)
+
+
+def _swap_in(temporary, out_dir):
+    """Replace out_dir by the complete folder ``temporary``; on failure out_dir stays as it was."""
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    out_dir.rename(old)
+    try:
+        temporary.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _restore_interrupted_swap(out_dir):
+    """Put back an old set that a killed _swap_in left as .<name>.old-<pid>; drop stale ones."""
+    data.remove_stale_temporaries(out_dir)
+    prefix = f".{out_dir.name}.old-"
+    if not out_dir.parent.is_dir():
+        return
+    for path in sorted(out_dir.parent.iterdir()):
+        pid = path.name[len(prefix):]
+        if not (path.name.startswith(prefix) and pid.isdigit()):
+            continue
+        if data._process_is_running(int(pid)):
+            continue
+        if not out_dir.exists():
+            path.rename(out_dir)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _output_folder(out_dir):
+    """Return out_dir as a Path with a name (".", ".." resolved), or raise ValueError."""
+    if not isinstance(out_dir, (str, os.PathLike)) or str(out_dir) == "":
+        raise ValueError(
+            f"out_dir (--out) must be the path of a folder to write, got {out_dir!r}"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.name in ("", ".", ".."):
+        out_dir = out_dir.resolve()
+    if out_dir.name == "":
+        raise ValueError(f"out_dir must name a folder below the file system root, got {out_dir}")
+    return out_dir
 
 
 def generate(
@@ -481,13 +594,16 @@ def generate(
 
     Files go to out_dir/2d_images + out_dir/2d_masks (CT) or out_dir/cxr + out_dir/masks (X-ray);
     see ct_slice and xray_projection for what is drawn. The set is written to a temporary folder
-    and renamed when complete, with a marker file ``dataset.json`` holding kind, count, size, seed
-    and jpeg, so a folder is either complete or absent. If out_dir already holds a set with the
-    same settings it is returned as it is; a set with other settings raises DataError unless
-    ``overwrite=True``; a folder that is not a generated set is never deleted.
+    next to out_dir and renamed when complete, with a marker file ``dataset.json`` holding kind,
+    count, size, seed, jpeg and the list of files written, so a folder is either complete or
+    absent. If out_dir already holds a set with the same settings it is returned as it is; a set
+    with other settings raises DataError unless ``overwrite=True``. Overwriting refuses a folder
+    holding files the generator did not write (naming them), and swaps the new set in only once
+    it is complete, so a failure leaves the old set intact. A folder that is not a generated set
+    is never touched.
     """
     _check_settings(kind, count, size, seed, jpeg)
-    out_dir = Path(out_dir)
+    out_dir = _output_folder(out_dir)
     settings = {
         "kind": kind,
         "count": int(count),
@@ -496,9 +612,12 @@ def generate(
         "jpeg": bool(jpeg),
         "version": GENERATOR_VERSION,
     }
+    _restore_interrupted_swap(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise data.DataError(f"{out_dir} is a file: expected a missing or empty folder")
     if out_dir.exists():
         existing = _read_marker(out_dir)
-        if existing == settings:
+        if existing is not None and {key: existing.get(key) for key in settings} == settings:
             return out_dir
         if existing is None and any(out_dir.iterdir()):
             raise data.DataError(
@@ -506,30 +625,43 @@ def generate(
                 "folder"
             )
         if existing is not None and not overwrite:
+            shown = {key: existing.get(key) for key in settings}
             raise data.DataError(
-                f"{out_dir} holds a synthetic set with other settings {existing}, expected "
+                f"{out_dir} holds a synthetic set with other settings {shown}, expected "
                 f"{settings}: choose another folder or pass overwrite=True (--overwrite)"
             )
-        shutil.rmtree(out_dir)
+        if existing is not None:
+            foreign = _foreign_files(out_dir, existing)
+            if foreign:
+                raise data.DataError(
+                    f"{out_dir} holds {len(foreign)} file(s) the generator did not write: "
+                    f"{data._name_list(foreign)}; overwriting replaces only generated files, so "
+                    "move these out of the folder first, or choose another folder"
+                )
     image_folder, mask_folder, pattern = _layout(kind, jpeg)
     temporary = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
-    (temporary / image_folder).mkdir(parents=True)
-    (temporary / mask_folder).mkdir()
     try:
+        (temporary / image_folder).mkdir(parents=True)
+        (temporary / mask_folder).mkdir()
         for index in tqdm(range(count), desc=f"generating {kind}", disable=not progress):
             image, mask = make_pair(kind, seed, index, size)
             name = pattern.format(index=index)
             _write(temporary / image_folder / name, image)
             _write(temporary / mask_folder / name, mask)
-        (temporary / MARKER_FILE).write_text(json.dumps(settings, indent=1))
-        try:
-            temporary.rename(out_dir)
-        except OSError:
-            # Another process (e.g. a parallel papermill run) finished the same set first.
-            if _read_marker(out_dir) != settings:
-                raise
-            shutil.rmtree(temporary)
+        marker = {**settings, "files": _set_files(kind, count, jpeg)}
+        (temporary / MARKER_FILE).write_text(json.dumps(marker, indent=1))
+        if out_dir.is_dir():
+            _swap_in(temporary, out_dir)
+        else:
+            try:
+                temporary.rename(out_dir)
+            except OSError:
+                # Another process (e.g. a parallel papermill run) finished the same set first.
+                existing = _read_marker(out_dir) if out_dir.is_dir() else None
+                if existing is None or {key: existing.get(key) for key in settings} != settings:
+                    raise
+                shutil.rmtree(temporary)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
@@ -566,9 +698,27 @@ def ensure_dataset(
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2), without the usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fail(prog, message):
+    """Print one line 'prog: error: message' on stderr and exit with status 2."""
+    one_line = " ".join(str(message).split())
+    print(f"{prog}: error: {one_line}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv=None):
-    """Command line: generate a synthetic set (see the module docstring); say where, how fast."""
-    parser = argparse.ArgumentParser(
+    """Command line: generate a synthetic set (see the module docstring); say where, how fast.
+
+    Every error (a bad option, size or count, a folder that cannot be written or holds other
+    files) is one line on stderr and exit status 2, with no traceback.
+    """
+    parser = _Parser(
         prog="python -m lunghelpers.synthetic",
         description="Generate synthetic lung CT slices or chest X-rays with masks.",
     )
@@ -582,16 +732,19 @@ def main(argv=None):
         "--count",
         type=int,
         default=None,
-        help="number of pairs (default: 267 for ct, 200 for xray)",
+        help=f"number of pairs, 1 to {MAXIMUM_COUNT} (default: 267 for ct, 200 for xray)",
     )
     parser.add_argument(
         "--out",
-        type=Path,
+        type=str,
         default=None,
         help=f"output folder (default: {paths.SYNTHETIC_ROOT}/<kind>)",
     )
     parser.add_argument(
-        "--size", type=int, default=DEFAULT_SIZE, help="image side in pixels (default 512)"
+        "--size",
+        type=int,
+        default=DEFAULT_SIZE,
+        help=f"image side in pixels, {MINIMUM_SIZE} to {MAXIMUM_SIZE} (default {DEFAULT_SIZE})",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="random seed; the same seed gives identical files"
@@ -600,29 +753,45 @@ def main(argv=None):
         "--jpeg", action="store_true", help="X-ray only: write images and masks as JPEG"
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a generated set that has other settings"
+        "--overwrite",
+        action="store_true",
+        help="replace a generated set that has other settings (refused if the folder holds "
+        "files the generator did not write)",
     )
     arguments = parser.parse_args(argv)
+    if arguments.overwrite and arguments.out is None:
+        parser.error(
+            "--overwrite needs --out: the default folders are named by their settings and are "
+            "never overwritten"
+        )
     start = time.perf_counter()
-    if arguments.out is None:
-        folder = ensure_dataset(
-            arguments.kind,
-            count=arguments.count,
-            size=arguments.size,
-            seed=arguments.seed,
-            jpeg=arguments.jpeg,
-        )
-    else:
-        count = DEFAULT_COUNTS[arguments.kind] if arguments.count is None else arguments.count
-        folder = generate(
-            arguments.kind,
-            count,
-            arguments.out,
-            size=arguments.size,
-            seed=arguments.seed,
-            jpeg=arguments.jpeg,
-            overwrite=arguments.overwrite,
-        )
+    count = DEFAULT_COUNTS[arguments.kind] if arguments.count is None else arguments.count
+    try:
+        if arguments.out is None:
+            folder = ensure_dataset(
+                arguments.kind,
+                count=count,
+                size=arguments.size,
+                seed=arguments.seed,
+                jpeg=arguments.jpeg,
+            )
+        else:
+            folder = generate(
+                arguments.kind,
+                count,
+                arguments.out,
+                size=arguments.size,
+                seed=arguments.seed,
+                jpeg=arguments.jpeg,
+                overwrite=arguments.overwrite,
+            )
+    except ValueError as error:  # data.DataError included
+        _fail(parser.prog, error)
+    except OSError as error:
+        target = paths.SYNTHETIC_ROOT if arguments.out is None else arguments.out
+        _fail(parser.prog, f"could not write the data set to {target}: {error.strerror or error}")
+    except KeyboardInterrupt:
+        _fail(parser.prog, "interrupted; the folder was left as it was before")
     settings = _read_marker(folder)
     print(
         f"{settings['count']} {settings['kind']} pairs in {folder} "

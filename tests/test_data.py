@@ -1,6 +1,9 @@
 """Unit tests for lunghelpers.data on small hand-made files written to tmp_path."""
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -181,9 +184,9 @@ def test_resize_shapes_and_lanczos_overshoot_clipped(tmp_path):
 
 
 def test_images_of_different_sizes_are_resized_with_one_warning(tmp_path):
-    write(tmp_path / "i" / "a.png", np.zeros((32, 32), np.uint8))
+    write(tmp_path / "i" / "a.png", np.tile(np.arange(32, dtype=np.uint8), (32, 1)))
     write(tmp_path / "m" / "a.png", two_lungs(32))
-    write(tmp_path / "i" / "b.png", np.zeros((48, 40), np.uint8))
+    write(tmp_path / "i" / "b.png", np.tile(np.arange(40, dtype=np.uint8), (48, 1)))
     write(tmp_path / "m" / "b.png", np.pad(two_lungs(32), ((8, 8), (4, 4))))
     with pytest.warns(
         UserWarning, match=r"2 different sizes \(32x32, 40x48\); all were resized to 16x16"
@@ -240,7 +243,7 @@ def test_jpeg_mask_is_binarised_back_to_its_shape(tmp_path):
     mask = np.zeros((64, 64), np.uint8)
     cv2.ellipse(mask, (18, 32), (9, 20), 0, 0, 360, 255, -1)
     cv2.ellipse(mask, (46, 32), (9, 20), 0, 0, 360, 255, -1)
-    write(tmp_path / "i" / "a.jpg", np.full((64, 64), 100, np.uint8))
+    write(tmp_path / "i" / "a.jpg", np.tile(np.arange(64, dtype=np.uint8), (64, 1)))
     write(tmp_path / "m" / "a.jpg", mask, [cv2.IMWRITE_JPEG_QUALITY, 75])
     noisy = cv2.imread(str(tmp_path / "m" / "a.jpg"), cv2.IMREAD_UNCHANGED)
     assert np.unique(noisy).size > 10  # JPEG noise
@@ -338,7 +341,7 @@ def test_empty_mask_warns_and_is_kept(ct_folder):
     [
         ({"mask_mode": "multi"}, "mask_mode must be one of"),
         ({"normalization": "hu"}, "normalization must be one of"),
-        ({"image_size": 128}, "image_size must be"),
+        ({"image_size": "128"}, "image_size must be .*got the string '128'"),
         ({"image_size": (128, 0)}, "image_size must be"),
         ({"image_size": (128.0, 128)}, "image_size must be"),
         ({"limit": 0}, "limit must be a positive integer"),
@@ -347,6 +350,13 @@ def test_empty_mask_warns_and_is_kept(ct_folder):
 def test_bad_arguments(ct_folder, arguments, message):
     with pytest.raises(ValueError, match=message):
         data.load_pairs(ct_folder / "images", ct_folder / "masks", progress=False, **arguments)
+
+
+def test_one_integer_image_size_is_a_square(ct_folder):
+    images, masks, _ = data.load_pairs(
+        ct_folder / "images", ct_folder / "masks", image_size=16, progress=False
+    )
+    assert images.shape == masks.shape == (3, 16, 16, 1)
 
 
 def test_limit_loads_the_first_pairs(ct_folder):
@@ -578,3 +588,110 @@ def test_cache_dataset_shuffle_and_augmentation_are_seeded(synthetic_ct, tmp_pat
             np.testing.assert_allclose(image, expected_image, atol=1e-6)
             np.testing.assert_array_equal(target, expected_target)  # mask follows its image
     assert 0 < flips < 12  # both cases were checked
+
+
+# ---------------------------------------------------------------- bad pixels and argument checks
+
+
+@pytest.mark.filterwarnings("ignore:normalization='window' expects CT numbers")
+@pytest.mark.parametrize("method", data.NORMALIZATIONS)
+@pytest.mark.parametrize("image", [np.full((8, 8), -2048, np.int16), np.full((8, 8), 7, np.uint8),
+                                   np.full((8, 8), 0.5, np.float32)])
+def test_constant_images_normalise_to_finite_values(method, image):
+    normalised = data.normalize(image, method)
+    assert normalised.dtype == np.float32 and np.isfinite(normalised).all()
+    assert np.ptp(normalised) == 0 and 0.0 <= normalised.min() <= 1.0
+
+
+def test_wide_float_range_gives_no_overflow():
+    image = np.array([[-3e38, 0.0], [1.0, 3e38]], np.float32)
+    for method in ("minmax", "zscore", "clahe"):
+        assert np.isfinite(data.normalize(image, method)).all()
+    np.testing.assert_allclose(data.normalize(image)[0], [0.0, 0.5], atol=1e-6)
+
+
+def test_normalize_refuses_non_finite_pixels():
+    image = np.zeros((4, 4), np.float32)
+    image[1, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        data.normalize(image)
+
+
+def test_read_image_names_the_file_with_nan_pixels(tmp_path):
+    image = np.ones((8, 8), np.float32)
+    image[2, 6] = np.nan
+    image[5, 1] = np.inf
+    path = write(tmp_path / "slice.tif", image)
+    with pytest.raises(data.DataError, match=r"slice\.tif holds 2 non-finite .*row 2, column 6"):
+        data.read_image(path)
+
+
+def test_constant_and_tiny_images_are_warned_about_in_one_warning_each(tmp_path):
+    for index in range(12):
+        write(tmp_path / "i" / f"flat{index:02d}.png", np.full((32, 32), 9, np.uint8))
+        write(tmp_path / "m" / f"flat{index:02d}.png", two_lungs())
+    write(tmp_path / "i" / "tiny.png", np.arange(4, dtype=np.uint8).reshape(2, 2))
+    write(tmp_path / "m" / "tiny.png", np.full((2, 2), 255, np.uint8))
+    with pytest.warns(UserWarning) as records:
+        images, _, _ = data.load_pairs(
+            tmp_path / "i", tmp_path / "m", image_size=(32, 32), progress=False
+        )
+    messages = [str(record.message) for record in records]
+    constant = [message for message in messages if "are constant" in message]
+    small = [message for message in messages if "far smaller" in message]
+    assert len(constant) == 1 and "12 image(s)" in constant[0] and "and 2 more" in constant[0]
+    assert "flat00.png (every pixel 9)" in constant[0]
+    assert small == [small[0]] and "1 image(s)" in small[0] and "tiny.png (2x2)" in small[0]
+    assert np.isfinite(images).all() and images[:12].max() == 0.0
+
+
+def test_labels_mode_refuses_rare_values_even_when_few(tmp_path):
+    mask = two_lungs(left_value=128, right_value=255)
+    mask[8, 4:8] = 254  # 4 pixels of noise next to 256 lung pixels: 3 values, one of them rare
+    write(tmp_path / "i" / "a.png", ramp().astype(np.uint8))
+    write(tmp_path / "m" / "a.png", mask)
+    with pytest.raises(
+        data.DataError,
+        match=r"in .*m hold 4 distinct values \[0, 128, 254, 255\], 1 of them covering less than "
+        r"5% of the lung pixels each \(\[254\]\).*use mask_mode='binary'",
+    ):
+        data.load_pairs(tmp_path / "i", tmp_path / "m", mask_mode="labels", progress=False)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(64, (64, 64)), ((48, 64), (48, 64)), ([48, 64], (48, 64)), (np.int64(32), (32, 32))],
+)
+def test_check_image_size_accepts_a_side_or_a_pair(value, expected):
+    assert data.check_image_size(value) == expected
+
+
+def test_check_fractions_returns_floats_and_names_the_parameter():
+    assert data.check_fractions([0.8, 0.2]) == (0.8, 0.2)
+    with pytest.raises(ValueError, match=r"^split must be positive numbers.*string '0.8,0.2'"):
+        data.check_fractions("0.8,0.2", name="split")
+
+
+def test_stale_cache_temporaries_are_removed_and_live_ones_kept(synthetic_ct, tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    stale = tmp_path / f".cache.tmp-{int(ended.stdout)}"
+    stale.mkdir()
+    (stale / "images.npy").write_bytes(b"half written")
+    live = tmp_path / f".cache.tmp-{os.getppid()}"
+    live.mkdir()
+    data.build_cache(*data.dataset_dirs(synthetic_ct), tmp_path / "cache", image_size=(16, 16),
+                     progress=False)
+    assert not stale.exists() and live.exists() and (tmp_path / "cache" / "cache.json").is_file()
+
+
+def test_damaged_cache_files_are_named(synthetic_ct, tmp_path):
+    cache = data.build_cache(*data.dataset_dirs(synthetic_ct), tmp_path / "cache",
+                             image_size=(16, 16), progress=False)
+    info = json.loads((cache / "cache.json").read_text())
+    (cache / "cache.json").write_text(json.dumps({**info, "names": info["names"][:1]}))
+    with pytest.raises(data.DataError, match=r"cache .*cache is damaged: images.npy"):
+        data.load_cache(cache)
+    (cache / "cache.json").write_text("[]")
+    with pytest.raises(data.DataError, match=r"cache\.json is damaged"):
+        data.load_cache(cache)

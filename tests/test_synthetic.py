@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -221,3 +224,81 @@ def test_ensure_dataset_replaces_a_set_from_an_older_generator(tmp_path):
     assert again == folder
     assert json.loads(marker.read_text())["version"] == synthetic.GENERATOR_VERSION
     assert stale_image.read_bytes() != b"written by an older generator"
+
+
+def test_overwrite_lists_its_files_and_replaces_only_them(tmp_path):
+    folder = synthetic.generate("ct", 3, tmp_path / "set", size=64, progress=False)
+    marker = json.loads((folder / "dataset.json").read_text())
+    assert marker["files"] == sorted(
+        f"{sub}/ID_{index:04d}_Z_0000.tif"
+        for sub in ("2d_images", "2d_masks")
+        for index in range(3)
+    )
+    synthetic.generate("ct", 2, folder, size=64, seed=5, overwrite=True, progress=False)
+    assert sorted(file_hashes(folder)) == ["2d_images/ID_0000_Z_0000.tif",
+                                          "2d_images/ID_0001_Z_0000.tif",
+                                          "2d_masks/ID_0000_Z_0000.tif",
+                                          "2d_masks/ID_0001_Z_0000.tif", "dataset.json"]
+    assert json.loads((folder / "dataset.json").read_text())["seed"] == 5
+    assert [path.name for path in tmp_path.iterdir()] == ["set"]  # no temporary or old folder left
+
+
+def test_overwrite_of_a_set_without_manifest_uses_the_names_its_settings_imply(tmp_path):
+    folder = synthetic.generate("xray", 2, tmp_path / "set", size=64, progress=False)
+    marker = json.loads((folder / "dataset.json").read_text())
+    del marker["files"]  # as written before the manifest existed
+    (folder / "dataset.json").write_text(json.dumps(marker))
+    (folder / "cxr" / "SYNCXR_0007.png").write_bytes(b"added by hand")
+    with pytest.raises(data.DataError, match=r"1 file\(s\) the generator did not write: "
+                                             r"cxr/SYNCXR_0007\.png"):
+        synthetic.generate("xray", 3, folder, size=64, overwrite=True, progress=False)
+    (folder / "cxr" / "SYNCXR_0007.png").unlink()
+    synthetic.generate("xray", 3, folder, size=64, overwrite=True, progress=False)
+    assert len(list((folder / "masks").iterdir())) == 3
+
+
+def test_a_failed_overwrite_leaves_the_old_set_intact(tmp_path, monkeypatch):
+    folder = synthetic.generate("ct", 2, tmp_path / "set", size=64, progress=False)
+    before = file_hashes(folder)
+
+    def broken_pair(*arguments):
+        raise MemoryError("drawing failed")
+
+    monkeypatch.setattr(synthetic, "make_pair", broken_pair)
+    with pytest.raises(MemoryError):
+        synthetic.generate("ct", 3, folder, size=64, overwrite=True, progress=False)
+    assert file_hashes(folder) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["set"]
+
+
+def finished_pid():
+    """The id of a process that has ended (for stale temporary folders)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                             capture_output=True, text=True, check=True)
+    return int(process.stdout)
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_or_restored(tmp_path):
+    folder = synthetic.generate("ct", 2, tmp_path / "set", size=64, progress=False)
+    before = file_hashes(folder)
+    pid = finished_pid()
+    stale = tmp_path / f".set.tmp-{pid}"
+    (stale / "2d_images").mkdir(parents=True)
+    running = tmp_path / f".set.tmp-{os.getpid()}"
+    running.mkdir()  # a folder of a process that still runs (this one) is kept
+    folder.rename(tmp_path / f".set.old-{pid}")  # killed between the two renames of a swap
+    again = synthetic.generate("ct", 2, folder, size=64, progress=False)
+    assert again == folder and file_hashes(folder) == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["set", running.name])
+
+
+def test_command_line_errors_are_one_line_without_traceback(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("keep me")
+    for arguments in (["--count", "many"], ["--out", str(tmp_path / "mine"), "--overwrite"]):
+        result = subprocess.run([sys.executable, "-m", "lunghelpers.synthetic", *arguments],
+                                capture_output=True, text=True)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("python -m lunghelpers.synthetic: error: ")
+    assert (tmp_path / "mine" / "thesis.txt").read_text() == "keep me"
