@@ -817,20 +817,17 @@ def build_cache(
     temporary.mkdir(parents=True)
     try:
         shape = (len(pairs), *image_size, 1)
-        images = np.lib.format.open_memmap(
-            temporary / "images.npy", mode="w+", dtype=image_dtype, shape=shape
-        )
-        masks = np.lib.format.open_memmap(
-            temporary / "masks.npy", mode="w+", dtype=np.uint8, shape=shape
-        )
-        for index, (image_path, mask_path, name) in enumerate(
-            tqdm(pairs, desc="building cache", disable=not progress)
-        ):
-            image, masks[index, :, :, 0] = reader.read(image_path, mask_path, name)
-            images[index, :, :, 0] = np.round(image * 255.0) if image_dtype == "uint8" else image
-        images.flush()
-        masks.flush()
-        del images, masks
+        # Plain sequential writes rather than a writable memory map: the pages of a map count as
+        # this process's resident memory until it is closed, 1 GB for 8000 slices at 256 px.
+        with open(temporary / "images.npy", "wb") as image_file, open(temporary / "masks.npy", "wb") as mask_file:
+            for handle, dtype in ((image_file, image_dtype), (mask_file, np.uint8)):
+                np.lib.format.write_array_header_1_0(handle, {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+            for image_path, mask_path, name in tqdm(pairs, desc="building cache", disable=not progress):
+                image, mask = reader.read(image_path, mask_path, name)
+                image = np.round(image * 255.0) if image_dtype == "uint8" else image
+                image_file.write(np.ascontiguousarray(image, dtype=image_dtype).tobytes())
+                mask_file.write(np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
         class_counts = {"binary": 2, "left_right": 3}
         info = {
             "settings": settings,
@@ -872,6 +869,21 @@ def load_cache(cache_dir):
             "build the cache again"
         )
     return images, masks, info["names"]
+
+
+def _read_rows(array, indices):
+    """Rows ``indices`` of a memory-mapped .npy array, read from its file with ``os.pread``."""
+    row_shape = array.shape[1:]
+    row_bytes = int(np.prod(row_shape)) * array.itemsize
+    rows = np.empty((len(indices), *row_shape), array.dtype)
+    descriptor = os.open(array.filename, os.O_RDONLY)
+    try:
+        for position, index in enumerate(np.asarray(indices, dtype=np.int64)):
+            buffer = os.pread(descriptor, row_bytes, array.offset + int(index) * row_bytes)
+            rows[position] = np.frombuffer(buffer, array.dtype).reshape(row_shape)
+    finally:
+        os.close(descriptor)
+    return rows
 
 
 def cache_dataset(
@@ -928,7 +940,9 @@ def cache_dataset(
     height, width = images.shape[1:3]
 
     def gather(batch_indices):
-        return images[batch_indices], masks[batch_indices].astype(np.int16)
+        # Read the rows with os.pread instead of indexing the memory maps: pages read through a
+        # map stay in this process's resident memory, pages read from the file do not.
+        return _read_rows(images, batch_indices), _read_rows(masks, batch_indices).astype(np.int16)
 
     def load_batch(batch_indices):
         batch_images, batch_masks = tf.numpy_function(
