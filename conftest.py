@@ -12,7 +12,6 @@ import os
 import tempfile
 
 os.environ.setdefault("LUNGHELPERS_QUICK", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 _scratch = tempfile.mkdtemp(prefix="lunghelpers-tests-")
 os.environ.setdefault("LUNGHELPERS_RUNS", os.path.join(_scratch, "runs"))
 os.environ.setdefault("LUNGHELPERS_REPORTS", os.path.join(_scratch, "reports"))

@@ -30,7 +30,6 @@ setup() {
         "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
         rm -f "$VENV"/.installed-* && touch "$stamp"
     fi
-    export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 }
 
 command=${1:-help}

@@ -15,8 +15,11 @@ also lists the GPUs there, so the CUDA lines come out during the import too. Des
 back right after, so TensorFlow's later errors and every Python warning stay visible; Python's own
 ``sys.stderr`` keeps writing to the real standard error during the import as well. What TensorFlow
 wrote is kept in ``tensorflow_startup_log()``, and written out if the import fails.
-``TF_CPP_MIN_LOG_LEVEL`` defaults to 2: TensorFlow's later C++ INFO and WARNING lines stay hidden,
-its errors still show.
+``TF_CPP_MIN_LOG_LEVEL`` defaults to 3: TensorFlow's later C++ log lines stay hidden too, such as
+the "E0000 ... oneDNN supports DT_INT32 only on platforms with AVX-512" notice of the first training
+step, which is logged as an error but only says that a fallback kernel is used. Real failures still
+reach the student as Python exceptions with TensorFlow's message; set ``TF_CPP_MIN_LOG_LEVEL=0``
+before importing the kit to see every C++ line.
 ``TF_ENABLE_ONEDNN_OPTS`` is left alone: the numbers stay those of the default build.
 
 ``progress_bar(iterable, **tqdm_arguments)`` is ``tqdm`` drawn as text. In a Jupyter kernel the
@@ -32,7 +35,7 @@ import os
 import sys
 
 #: Environment variables set (unless already set) before TensorFlow is imported.
-TENSORFLOW_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+TENSORFLOW_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3"}
 
 _startup_log = ""
 

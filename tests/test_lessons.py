@@ -346,7 +346,7 @@ def test_the_first_tensorflow_import_writes_no_c_level_lines_but_python_warnings
     assert "descriptor 2 is back" in result.stderr
     log, level = result.stdout.splitlines()
     assert "C-level start-up line" in log and "E0000 cuInit line" in log
-    assert level == "2"
+    assert level == "3"
 
 
 def test_a_failing_tensorflow_import_shows_what_it_wrote(tmp_path):
