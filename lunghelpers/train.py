@@ -379,7 +379,39 @@ def open_run(run_dir, params, name_parameter="NAME"):
             f"{run.path} holds a run with other parameters ({details}). Nothing was changed. "
             f"{advice} to train this one beside it."
         )
+    _check_backup(run)
     return run
+
+
+def _check_backup(run):
+    """Refuse to continue from a damaged ``BackupAndRestore`` backup, naming the file and what to do.
+
+    Keras keeps a copy of the previous epoch's backup (``double_checkpoint``) and falls back to it,
+    so only a backup whose both copies are unreadable stops here.
+    """
+    if not run.backup_dir.is_dir():
+        return
+    import h5py
+
+    def readable(weights, metadata):
+        try:
+            with h5py.File(weights, "r"):
+                pass
+            json.loads(Path(metadata).read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+
+    latest = (run.backup_dir / "latest.weights.h5", run.backup_dir / "training_metadata.json")
+    previous = tuple(path.with_name(path.name + ".bkp") for path in latest)
+    if not any(path.exists() for path in latest + previous):
+        return
+    if not (readable(*latest) or readable(*previous)):
+        raise RunParametersError(
+            f"The backup of the interrupted run in {run.backup_dir} is damaged ({latest[0].name} or "
+            f"{latest[1].name} cannot be read). Move {run.backup_dir} away to train the run again from "
+            "epoch 1 (history.csv and model.keras stay), or set NAME to train a new run beside it."
+        )
 
 
 def read_history(run):

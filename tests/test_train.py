@@ -309,3 +309,14 @@ def test_a_parameter_added_to_the_kit_later_keeps_an_older_run_the_same_run(tmp_
     train.open_run(tmp_path, {**older, "cache": False})  # the default: the same run
     with pytest.raises(train.RunParametersError, match=r"CACHE: False there, True here.*Set RUNS_DIR to another folder"):
         train.open_run(tmp_path, {**older, "cache": True}, name_parameter="RUNS_DIR")
+
+
+def test_a_damaged_backup_is_named_with_what_to_do(tmp_path, tiny_data):
+    run = train.open_run(tmp_path / "run", {**PARAMS, "epochs": 4})
+    with pytest.raises(KeyboardInterrupt):
+        fit_tiny(run, tiny_data, epochs=4, extra_callbacks=[StopAfter(2)])
+    (run.backup_dir / "latest.weights.h5").write_bytes(b"\0" * 10)
+    train.open_run(run.path, {**PARAMS, "epochs": 4})  # the previous epoch's copy is good: Keras falls back to it
+    (run.backup_dir / "latest.weights.h5.bkp").write_bytes(b"\0" * 10)
+    with pytest.raises(train.RunParametersError, match=r"backup .* is damaged .*Move .*backup away"):
+        train.open_run(run.path, {**PARAMS, "epochs": 4})
