@@ -210,7 +210,11 @@ def evaluate_run(run_dir, images, masks, names, model=None, batch_size=16,
     for column in table.columns:
         if column.startswith("dice_class"):
             summary[f"{split}_{column}"] = float(table[column].mean())
-    run.update_metrics(summary)
+    run.update_metrics({**summary, "definitions": {
+        f"{split}_*": f"the kept model (model.keras) on the {split} split: mean over images of per-image scores "
+                      f"at threshold {headline:g} (accuracy: over all pixels)",
+        f"{split}_*_ci_low / _ci_high": "seeded 95 % bootstrap interval of that mean over images",
+    }})
     return summary
 
 

@@ -243,7 +243,10 @@ class RunFolder:
     def update_metrics(self, new_metrics):
         """Merge ``new_metrics`` into ``metrics.json`` (existing keys are kept unless replaced)."""
         merged = read_json(self.metrics_path) if self.metrics_path.exists() else {}
+        definitions = {**merged.get("definitions", {}), **new_metrics.get("definitions", {})}
         merged.update(new_metrics)
+        if definitions:
+            merged["definitions"] = definitions
         write_json(self.metrics_path, merged)
         return merged
 
@@ -474,7 +477,16 @@ def summarize_history(history, threshold=0.5):
     summary["threshold"] = threshold
     if "seconds" in history:
         summary["seconds_per_epoch"] = float(history["seconds"].mean())
+    summary["definitions"] = HISTORY_DEFINITIONS
     return summary
+
+
+#: What the training summary's keys mean, written into metrics.json beside them.
+HISTORY_DEFINITIONS = {
+    "best_epoch": "the epoch of the kept model (model.keras, lowest val_loss), counted from 1",
+    "best_*": "the kept epoch's figures as Keras logged them: pooled over all pixels of the split",
+    "last_*": "the last epoch's figures as Keras logged them (the model in memory at the end, not the kept one)",
+}
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):

@@ -300,6 +300,7 @@ def test_evaluation_notebook_scores_the_run_without_training_again(trained_run, 
     assert metrics["n_test"] == 4  # the last 20 % of the 20 images
     assert 0.0 <= metrics["test_mean_iou"] <= 1.0
     assert metrics["test_dice_ci_low"] <= metrics["test_dice"] <= metrics["test_dice_ci_high"]
+    assert "mean over images" in metrics["definitions"]["test_*"] and "best_*" in metrics["definitions"]
     assert metrics["best_epoch"] == metrics_before["best_epoch"]
     assert (run_dir / "model.keras").read_bytes() == model_bytes
     assert file_digests(run_dir)["history.csv"] == files["history.csv"]

@@ -200,6 +200,7 @@ def test_model_checkpoint_keeps_the_best_epoch_and_never_a_half_file(tmp_path, t
     best = int(history["val_loss"].idxmin())
     metrics_json = train.read_json(run.metrics_path)
     assert metrics_json["best_epoch"] == best + 1  # counted from 1, as Keras prints it
+    assert "pooled" in metrics_json["definitions"]["best_*"]  # the file says what its keys mean
     assert metrics_json["best_val_loss"] == pytest.approx(history["val_loss"].min())
     saved = run.model_path.read_bytes()
 
@@ -260,6 +261,7 @@ def test_summarize_history_known_answer():
         "last_loss": 0.3, "last_val_loss": 0.6, "last_val_dice": 0.65, "last_learning_rate": 1e-4,
         "best_epoch": 2, "best_loss": 0.5, "best_val_loss": 0.4, "best_val_dice": 0.7,
         "best_learning_rate": 1e-3, "epochs_completed": 3, "threshold": 0.5, "seconds_per_epoch": 2.0,
+        "definitions": train.HISTORY_DEFINITIONS,
     }
     with pytest.raises(ValueError, match="no epochs"):
         train.summarize_history(pd.DataFrame())
