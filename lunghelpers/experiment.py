@@ -187,16 +187,6 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be {what}{' or None' if optional else ''}, got {value!r}")
 
     @classmethod
-    def from_params(cls, params: dict) -> "ExperimentConfig":
-        """Build a configuration from notebook parameters (any case); unknown names are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key.lower(): value for key, value in params.items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown experiment parameters {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    @classmethod
     def from_namespace(cls, namespace: dict, ignore=("QUICK",)) -> "ExperimentConfig":
         """Collect a notebook's upper-case parameters (``EPOCHS``, ``LOSS``, ...) into a configuration.
 
@@ -355,14 +345,6 @@ def data_folders(config: ExperimentConfig) -> tuple[Path, Path]:
     return data.dataset_dirs(root, kind=config.dataset)
 
 
-def count_pairs(config: ExperimentConfig) -> int:
-    """How many image/mask pairs ``config`` loads: the pairs in its data folders, at most ``limit``."""
-    from lunghelpers import data
-
-    n_pairs = len(data.find_pairs(*data_folders(config)))
-    return n_pairs if config.limit is None else min(config.limit, n_pairs)
-
-
 def prepare_data(config: ExperimentConfig, progress: bool = True) -> Splits:
     """Load, normalise and split the data as ``config`` says.
 
@@ -485,13 +467,6 @@ def make_datasets(config: ExperimentConfig, splits: Splits):
         n_classes=config.n_classes,
     )
     return train_ds, val_ds
-
-
-def steps_per_epoch(config: ExperimentConfig, splits: Splits) -> int:
-    """The source's ``training images // batch size`` (at least one step)."""
-    if config.steps_per_epoch:
-        return int(config.steps_per_epoch)
-    return max(1, len(splits.train.images) // config.batch_size)
 
 
 def load_config(run_dir: str | Path) -> ExperimentConfig:

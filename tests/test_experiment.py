@@ -5,14 +5,13 @@
 - ``from_namespace`` refuses an upper-case name that is no parameter, naming the closest one;
   sizes and splits of the wrong type are refused by name.
 - ``load_config`` rebuilds the configuration recorded in a run's ``params.json``.
-- ``count_pairs`` counts the pairs a configuration loads (at most ``limit``).
 """
 
 import dataclasses
 
 import pytest
 
-from lunghelpers import experiment, synthetic, train
+from lunghelpers import experiment, train
 
 
 def test_the_defaults_are_the_training_notebooks_parameters_cell():
@@ -52,15 +51,6 @@ def test_load_config_rebuilds_the_recorded_configuration(tmp_path):
     assert experiment.load_config(run.path) == config
     with pytest.raises(FileNotFoundError, match="no params.json"):
         experiment.load_config(tmp_path / "nothing")
-
-
-def test_count_pairs_counts_the_pairs_a_configuration_loads(tmp_path):
-    data_dir = synthetic.generate("ct", 6, tmp_path / "data", size=64, progress=False)
-    counts = {
-        limit: experiment.count_pairs(experiment.ExperimentConfig(data_dir=str(data_dir), limit=limit))
-        for limit in (None, 4, 10)
-    }
-    assert counts == {None: 6, 4: 4, 10: 6}
 
 
 @pytest.mark.parametrize("name, value", [
