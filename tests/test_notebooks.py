@@ -255,10 +255,10 @@ def test_ensure_run_trains_a_missing_run_by_executing_the_training_notebook(tmp_
 
 
 def test_a_training_run_killed_mid_epoch_resumes_and_loses_no_finished_epoch(tmp_path):
-    """SIGKILL papermill and its kernel during epoch 3 of 4, run the notebook again: epochs 1-4, each once."""
+    """SIGKILL papermill and its kernel during epoch 3 of 12, run the notebook again: epochs 1-12, each once."""
     run_dir = tmp_path / "killed"
     # Quick mode would cap the run at 2 epochs: the same tiny set without it.
-    parameters = {**TINY_RUN, "QUICK": False, "EPOCHS": 4, "LIMIT": 40, "BATCH_SIZE": 8, "RUN_DIR": str(run_dir)}
+    parameters = {**TINY_RUN, "QUICK": False, "EPOCHS": 12, "LIMIT": 40, "BATCH_SIZE": 8, "RUN_DIR": str(run_dir)}
     arguments = [sys.executable, "-m", "papermill", str(paths.NOTEBOOKS_ROOT / "05_training.ipynb"),
                  str(tmp_path / "first.ipynb"), "--cwd", str(paths.NOTEBOOKS_ROOT), "-k", report.KERNEL_NAME,
                  "--no-progress-bar", "-y", json.dumps(parameters)]
@@ -283,10 +283,10 @@ def test_a_training_run_killed_mid_epoch_resumes_and_loses_no_finished_epoch(tmp
 
     run = experiment.ensure_run(run_dir, **{key: value for key, value in parameters.items() if key != "RUN_DIR"})
     history = run.read_history()
-    assert list(history["epoch"]) == [0, 1, 2, 3]
+    assert list(history["epoch"]) == list(range(12))
     assert pd.read_csv(run.history_path)["epoch"].tolist().count(0) == 1
     pd.testing.assert_frame_equal(history.iloc[:2], before)  # the backed-up epochs, as they were
-    assert run.finished and train.read_json(run.metrics_path)["epochs_completed"] == 4
+    assert run.finished and train.read_json(run.metrics_path)["epochs_completed"] == 12
 
 
 def test_evaluation_notebook_scores_the_run_without_training_again(trained_run, tmp_path):
