@@ -11,6 +11,8 @@ import pytest
 
 from lunghelpers import data, evaluate, judgement, models, paths, train
 
+from known_models import MONTGOMERY, SIZE, left_right_model, threshold_model
+
 
 def known_pair():
     """Two 4x4 images with known scores.
@@ -212,28 +214,6 @@ def test_load_run_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 # ----------------------------------------------------------------------------------------------
 # Cross-site evaluation: a finished run scored on another data folder
-
-SIZE = 32
-MONTGOMERY = paths.PROJECT_ROOT.parent / "shared" / "data" / "montgomery"
-
-
-def threshold_model(size=SIZE):
-    """Lung where the normalised intensity is above 0.5: sigmoid(20 x - 10) > 0.5."""
-    return keras.Sequential([
-        keras.Input((size, size, 1)),
-        keras.layers.Conv2D(1, 1, activation="sigmoid",
-                            kernel_initializer=keras.initializers.Constant(20.0),
-                            bias_initializer=keras.initializers.Constant(-10.0)),
-    ])
-
-
-def left_right_model(size=SIZE):
-    """Softmax logits (0, 2 - 10 x, 10 x - 8): dark -> class 1, mid-grey -> 0, bright -> class 2."""
-    layer = keras.layers.Conv2D(3, 1, activation="softmax")
-    model = keras.Sequential([keras.Input((size, size, 1)), layer])
-    layer.set_weights([np.array([0.0, -10.0, 10.0]).reshape(1, 1, 1, 3), np.array([0.0, 2.0, -8.0])])
-    return model
-
 
 def finished_run(folder, model, **params):
     """A run folder with params.json, model.keras and the in-site metrics.json."""
