@@ -4,6 +4,7 @@ Usage::
 
     python -m lunghelpers.report experiments/ct_assignment.yaml --scale quick
     python -m lunghelpers.report experiments/lab.yaml experiments/poster.yaml --data-root ../shared/data
+    python -m lunghelpers.report experiments/lab.yaml --runs '1*-xray-*' xray-strong --set EPOCHS=40
 
 Each experiment file names the notebooks a run executes, the parameters shared by its runs, the
 overrides of the quick scale, and the runs themselves (see ``experiments/README.md``). Every report
@@ -24,6 +25,7 @@ import datetime as _dt
 import json
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +113,7 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
         raise ExperimentFileError(f"experiment file {path} must be a mapping with a non-empty 'runs' list")
     unknown = sorted(set(document) - DOCUMENT_KEYS)
     if unknown:
-        import difflib
-
-        hints = [f"{key!r}" + "".join(f" (did you mean {close!r}?)" for close in difflib.get_close_matches(str(key), sorted(DOCUMENT_KEYS), n=1)) for key in unknown]
+        hints = [f"{key!r}" + did_you_mean(key, DOCUMENT_KEYS, repr) for key in unknown]
         raise ExperimentFileError(f"experiment file {path} has unknown sections {', '.join(hints)}; it may have {sorted(DOCUMENT_KEYS)}")
     header = {
         "name": check_name(document.get("name", path.stem), "the report name", path),
@@ -211,20 +211,89 @@ def notebook_parameters(notebook: str) -> set:
     return set(papermill.inspect_notebook(str(paths.NOTEBOOKS_ROOT / notebook)))
 
 
-def _check_parameter_names(path, run_name, parameters, notebooks):
-    """Refuse a parameter that none of the run's notebooks has (a typo would be silently ignored)."""
+def did_you_mean(word, known, quote=str) -> str:
+    """``" (did you mean X?)"`` for the name of ``known`` closest to ``word`` (ignoring case), or ``""``."""
     import difflib
 
+    by_lower = {str(name).lower(): name for name in sorted(known)}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
+    return f" (did you mean {quote(by_lower[close[0]])}?)" if close else ""
+
+
+def _check_parameter_names(path, run_name, parameters, notebooks):
+    """Refuse a parameter that none of the run's notebooks has (a typo would be silently ignored)."""
     known = set().union(*(notebook_parameters(notebook) for notebook in notebooks)) | {"RUN_DIR"}
     for key in parameters:
         if not (isinstance(key, str) and key.isidentifier()):
             raise ExperimentFileError(f"{path}: run {run_name!r} has parameter name {key!r}, which is no identifier")
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
             raise ExperimentFileError(
-                f"{path}: run {run_name!r} sets {key}{hint}, which is no parameter of {', '.join(notebooks)}"
+                f"{path}: run {run_name!r} sets {key}{did_you_mean(key, known)}, which is no parameter of {', '.join(notebooks)}"
             )
+
+
+def select_runs(runs: list, patterns: list, source: str) -> list:
+    """The runs whose experiment-file name matches one of ``patterns`` (``--runs``), in file order.
+
+    A pattern is a run's ``name:`` in the file or a shell-style glob (``1*-xray-*``); a sweep's runs
+    come all together with the sweep's name. A pattern that matches no run is an error naming the
+    closest run name.
+    """
+    import fnmatch
+
+    groups = list(dict.fromkeys(run.group for run in runs))
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(group, pattern) for group in groups):
+            hint = did_you_mean(pattern, groups, repr) or f"; its runs are {', '.join(groups)}"
+            raise ExperimentFileError(f"--runs {pattern!r} matches no run of {source}{hint}")
+    return [run for run in runs if any(fnmatch.fnmatchcase(run.group, pattern) for pattern in patterns)]
+
+
+#: Parameters the report sets for each run itself, which ``--set`` may not override.
+SET_BY_REPORT = {"NAME": "each run's name", "RUN_DIR": "each run's folder", "DATA_DIR": "use --data-root"}
+
+
+def apply_overrides(runs: list, overrides: dict) -> None:
+    """Give every run the ``--set NAME=VALUE`` values, each to the runs whose notebooks declare it.
+
+    They win over everything the experiment files set. A name no notebook of these runs declares,
+    one the report sets itself, or a value the training configuration refuses is an error naming
+    the parameter (a file whose own values are refused is left to fail at run time, as without ``--set``).
+    """
+    from lunghelpers import experiment
+
+    declared = set().union(*(notebook_parameters(notebook) for run in runs for notebook in run.notebooks))
+    for key in overrides:
+        if key in SET_BY_REPORT:
+            raise ExperimentFileError(f"--set {key}: the report sets {key} itself ({SET_BY_REPORT[key]})")
+        if key not in declared:
+            raise ExperimentFileError(f"--set {key}{did_you_mean(key, declared - set(SET_BY_REPORT))}: no notebook "
+                                      "of the selected runs has that parameter")
+    training = notebook_parameters(experiment.TRAINING_NOTEBOOK)
+    for run in runs:
+        values = {key: value for key, value in run.parameters.items() if key in training}
+        if experiment.TRAINING_NOTEBOOK not in run.notebooks or _config_error(values) is not None:
+            continue
+        for key in (key for key in overrides if key in training):
+            values[key] = overrides[key]
+            error = _config_error(values)
+            if error:
+                raise ExperimentFileError(f"--set {key}={json.dumps(overrides[key], default=str)} is refused "
+                                          f"(run {run.name!r}): {error}")
+    for run in runs:
+        own = set().union(*(notebook_parameters(notebook) for notebook in run.notebooks))
+        run.parameters.update({key: value for key, value in overrides.items() if key in own})
+
+
+def _config_error(values: dict) -> str | None:
+    """Why the training configuration refuses these notebook parameters, or ``None``."""
+    from lunghelpers import experiment
+
+    try:
+        experiment.ExperimentConfig.from_namespace(values)
+    except (TypeError, ValueError) as error:
+        return str(error)
+    return None
 
 
 def resolve_data_dir(data_root: str | Path, dataset: str) -> Path:
@@ -610,6 +679,8 @@ pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere}
 <p class="meta">Scale <b>{{ scale }}</b> · written {{ written }} · total time {{ total_minutes }} min · commit {{ commit }}
 {% for key, value in versions.items() %} · {{ key }} {{ value }}{% endfor %}<br>
 Command: <code>{{ command }}</code> · experiment file: <code>{{ header.source }}</code></p>
+{% if header.selected %}<p>Selected runs: {{ header.selected }}</p>{% endif %}
+{% for override in header.overrides %}<p>Every run: <b>{{ override }}</b> (--set on the command line)</p>{% endfor %}
 {% if not complete %}<p class="incomplete"><b>Incomplete:</b> {{ finished }} of {{ total }} runs finished
 ({{ finished_names }}); the report was interrupted or is still running.</p>{% endif %}
 {% if banner %}<p class="banner">{{ banner }}</p>{% endif %}
@@ -815,10 +886,15 @@ def run_report(
     command: str = "",
     timeout: float | None = None,
     scheduler: str | None = None,
+    select: list | None = None,
+    overrides: dict | None = None,
 ) -> Path:
     """Execute every run of the experiment files and write the report; returns ``index.html``.
 
-    All files are read and checked before anything runs, so a typo fails fast and writes nothing.
+    ``select`` (``--runs``) keeps only the runs it names (see :func:`select_runs`); ``overrides``
+    (``--set``) sets notebook parameters for every run (see :func:`apply_overrides`). The page's
+    header says both. All files, names and values are read and checked before anything runs, so a
+    typo fails fast and writes nothing.
     The page is written at the start and after every run, marked incomplete until the last one;
     the kernels' own output goes to ``kernels.log`` and each run's ``log.txt``, not the console.
     ``jobs > 1`` runs them on a Dask ``LocalCluster`` of that many workers, ``scheduler`` on an
@@ -830,6 +906,11 @@ def run_report(
 
     loaded = [load_experiments(path, scale=scale, data_root=data_root) for path in experiment_files]
     runs = [run for _, run_list in loaded for run in run_list]
+    available = len(runs)
+    if select:
+        runs = select_runs(runs, select, ", ".join(str(path) for path in experiment_files))
+    if overrides:
+        apply_overrides(runs, overrides)
     names = [run.name for run in runs]
     lowered = [name.lower() for name in names]
     duplicates = sorted({name for name in names if lowered.count(name.lower()) > 1})
@@ -843,6 +924,10 @@ def run_report(
             "description": " ".join(str(head["description"]) for head, _ in loaded),
             "source": ", ".join(head["source"] for head, _ in loaded),
         }
+    header = {**header, "overrides": [f"{key} = {json.dumps(value, default=str)}" for key, value in (overrides or {}).items()]}
+    if select:
+        chosen = ", ".join(dict.fromkeys(run.group for run in runs))
+        header["selected"] = f"{chosen} (--runs {' '.join(shlex.quote(pattern) for pattern in select)}: {len(runs)} of {available} runs)"
     timeout = DEFAULT_TIMEOUTS[scale] if timeout is None else timeout
     report_dir = new_report_dir(header["name"], reports_root)
     print(f"Report folder: {report_dir} ({len(runs)} runs, scale {scale})", flush=True)
@@ -869,6 +954,17 @@ def run_report(
     return write_report(header, results, report_dir, scale, command, total=len(runs), seconds=time.perf_counter() - start)
 
 
+def parse_setting(text: str) -> tuple:
+    """``("EPOCHS", 40)`` from ``"EPOCHS=40"`` (``--set``): the value is read as YAML."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE such as EPOCHS=40, got {text!r}")
+    try:
+        return name, yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a YAML value") from None
+
+
 def main(argv: list | None = None) -> int:
     """Command line entry point; returns 0 when every run finished, 1 when some failed, 2 on bad input."""
     parser = argparse.ArgumentParser(
@@ -883,12 +979,16 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--reports-root", default=None, help="where report folders go (default: reports/)")
     parser.add_argument("--timeout", type=float, default=None,
                         help=f"seconds a notebook cell may run before its run fails (default {DEFAULT_TIMEOUTS['quick']} at quick scale, {DEFAULT_TIMEOUTS['full']} at full scale)")
+    parser.add_argument("--runs", nargs="+", default=None, metavar="NAME",
+                        help="run only these runs of the files (names as in their runs: list, shell-style globs allowed; a sweep by its name)")
+    parser.add_argument("--set", action="append", type=parse_setting, default=[], metavar="NAME=VALUE", dest="overrides",
+                        help="set a notebook parameter for every run, over everything the files set (VALUE is YAML: 40, true, [256, 256]); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="no epoch lines on the console")
     parser.error = lambda message: parser.exit(2, f"error: {message} (see --help)\n")
     arguments = parser.parse_args(argv)
     if arguments.jobs < 1 or (arguments.timeout is not None and arguments.timeout <= 0):
         parser.exit(2, "error: --jobs must be at least 1 and --timeout positive\n")
-    command = "python -m lunghelpers.report " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m lunghelpers.report " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         index = run_report(
             arguments.experiments,
@@ -900,6 +1000,8 @@ def main(argv: list | None = None) -> int:
             command=command,
             timeout=arguments.timeout,
             scheduler=arguments.scheduler,
+            select=arguments.runs,
+            overrides=dict(arguments.overrides),
         )
     except (ExperimentFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
