@@ -908,3 +908,195 @@ def size_sweep(scores, split="val", min_score=LEARNED_SCORE, seed=0, n=2000, lev
         f"with {_names(below)} images the Dice is lower beyond the noise (the {level:.0%} bootstrap "
         "interval of the difference to the best excludes 0)."
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# In-site against cross-site (notebook 10)
+
+
+def _resampled_means(values, rng, n):
+    """``n`` bootstrap means of ``values`` (NaN dropped), each a resample with replacement."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        raise ValueError("a bootstrap needs at least one score that is not NaN.")
+    return values[rng.integers(0, values.size, size=(int(n), values.size))].mean(axis=1)
+
+
+def _interval_of_sum(terms, seed, n, level):
+    """Seeded percentile bootstrap interval of ``sum(sign * mean(values))`` over ``terms``.
+
+    ``terms`` is ``[(sign, values), ...]``; the terms score different images (in-site against
+    cross-site), so each is resampled on its own, as :func:`bootstrap_interval` resamples one.
+    """
+    rng = np.random.default_rng(seed)
+    total = sum(sign * _resampled_means(values, rng, n) for sign, values in terms)
+    low, high = np.quantile(total, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def _same_images_difference(a, b):
+    """``a - b`` image by image when both score the same images, else None.
+
+    The same images: two Series over the same index (image names), or, unless both are Series,
+    two sequences of the same length, as :func:`compare_runs` pairs them.
+    """
+    if isinstance(a, pd.Series) and isinstance(b, pd.Series):
+        return a - b.reindex(a.index) if set(a.index) == set(b.index) else None
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return a - b if a.shape == b.shape else None
+
+
+def _gap(name, in_site, cross_site, min_score):
+    """Mean in-site and cross-site score of a run, and whether it has learned (in-site)."""
+    a, b = np.asarray(in_site, dtype=float), np.asarray(cross_site, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"{name}: the gap needs in-site and cross-site scores ({a.size} and {b.size}).")
+    return float(np.nanmean(a)), float(np.nanmean(b)), float(np.nanmean(a)) >= min_score
+
+
+def site_gap(name, in_site, cross_site, site="the second site", split="val", metric="dice",
+             min_score=LEARNED_SCORE, seed=0, n=2000, level=0.95):
+    """One run's in-site scores against its cross-site scores: the gap and whether it is noise.
+
+    ``in_site`` are per-image scores on the run's own split (images like its training images),
+    ``cross_site`` on another site's images, never trained on (e.g. the ``dice`` column of
+    ``cross_site/<site>/per_image.csv``). They are other images, so the bootstrap interval of the
+    gap (in-site mean minus cross-site mean) resamples each on its own. Branches:
+
+    - **not learned yet**: the in-site mean is below ``min_score``: a gap says nothing yet;
+    - **lower beyond the noise**: the interval of the gap lies above 0 (the gap is also given as
+      a share of the in-site score);
+    - **within the noise**: the interval contains 0: no loss on the other site is shown;
+    - **higher beyond the noise**: the interval lies below 0: the other site's images are easier
+      for this model.
+    """
+    inside, outside, learned = _gap(name, in_site, cross_site, min_score)
+    score = _metric_words("", metric).strip()
+    numbers = (
+        f"**{name}**: mean {_metric_words(split, metric)} {inside:.3f} (in-site, {np.size(in_site)} "
+        f"images), mean {score} on {site} {outside:.3f} (cross-site, {np.size(cross_site)} images)"
+    )
+    if not learned:
+        return (
+            f"{numbers}. It has **not learned to find the lungs yet** (in-site below {min_score:g}), "
+            "so its gap says nothing about other sites: train longer (full scale) and compare again."
+        )
+    low, high = _interval_of_sum([(1, in_site), (-1, cross_site)], seed, n, level)
+    gap = inside - outside
+    numbers += (
+        f": a gap of {gap:+.3f} ({level:.0%} bootstrap interval {low:+.3f} to {high:+.3f}, each set "
+        "of images resampled on its own)."
+    )
+    if low > 0:
+        return (
+            f"{numbers} The interval excludes 0: **its cross-site {score} is lower beyond the noise**, "
+            f"by {gap / inside:.0%} of its in-site {score}. Its own validation split overstates how it "
+            f"does on {site}."
+        )
+    if high < 0:
+        return (
+            f"{numbers} The interval lies below 0: **its cross-site {score} is higher beyond the "
+            f"noise**; {site}'s images are easier for this model than its own validation images."
+        )
+    return (
+        f"{numbers} The interval contains 0: the gap is **within the noise**, so no loss on {site} is "
+        "shown."
+    )
+
+
+#: How the difference of two gaps was resampled, by (in-site paired, cross-site paired).
+_GAP_PAIRING = {
+    (True, True): "in-site and cross-site images each paired between the runs",
+    (True, False): "the in-site images paired between the runs",
+    (False, True): "the cross-site images paired between the runs",
+    (False, False): "every set of images resampled on its own",
+}
+
+
+def cross_site_gap(plain_name, plain_in_site, plain_cross_site, robust_name, robust_in_site,
+                   robust_cross_site, site="the second site", split="val", metric="dice",
+                   min_score=LEARNED_SCORE, seed=0, n=2000, level=0.95):
+    """Two recipes' in-site against cross-site scores: each run's gap, and whose gap is smaller.
+
+    Each run gets the paragraph of :func:`site_gap`. The last paragraph compares the gaps (the
+    plain recipe's minus the robust one's) with a bootstrap interval: where both runs scored the
+    same images (Series over the same image names, or equal-length arrays) they are paired image
+    by image, otherwise each set is resampled on its own. Branches of that paragraph:
+
+    - **cannot compare**: a run has not learned to find the lungs yet (in-site below ``min_score``);
+    - **robust gap smaller beyond the noise**: the interval of the difference lies above 0;
+    - **within the noise**: it contains 0: neither recipe is shown to hold up better;
+    - **robust gap larger beyond the noise**: it lies below 0.
+    """
+    runs = ((plain_name, plain_in_site, plain_cross_site), (robust_name, robust_in_site, robust_cross_site))
+    paragraphs = [site_gap(name, inside, outside, site=site, split=split, metric=metric, min_score=min_score,
+                           seed=seed, n=n, level=level) for name, inside, outside in runs]
+    gaps = {name: _gap(name, inside, outside, min_score) for name, inside, outside in runs}
+    weak = [name for name, (_, _, learned) in gaps.items() if not learned]
+    if weak:
+        paragraphs.append(
+            f"**The gaps cannot be compared yet**: {_names(weak)} {'has' if len(weak) == 1 else 'have'} "
+            "not learned to find the lungs, and a model that finds none has no gap to close."
+        )
+        return "\n\n".join(paragraphs)
+    terms, paired = [], []
+    for sign, plain, robust in ((1, plain_in_site, robust_in_site), (-1, plain_cross_site, robust_cross_site)):
+        difference = _same_images_difference(plain, robust)
+        paired.append(difference is not None)
+        terms += [(sign, plain), (-sign, robust)] if difference is None else [(sign, difference)]
+    low, high = _interval_of_sum(terms, seed, n, level)
+    plain_gap, robust_gap = (inside - outside for inside, outside, _ in gaps.values())
+    numbers = (
+        f"Gap of {plain_name} {plain_gap:+.3f}, of {robust_name} {robust_gap:+.3f}: {plain_name}'s minus "
+        f"{robust_name}'s is {plain_gap - robust_gap:+.3f} ({level:.0%} bootstrap interval {low:+.3f} to "
+        f"{high:+.3f}, {_GAP_PAIRING[tuple(paired)]})."
+    )
+    if low > 0:
+        reading = (
+            f"The interval excludes 0: **{robust_name}'s gap is smaller beyond the noise**; its recipe "
+            f"holds up better on {site}."
+        )
+    elif high < 0:
+        reading = (
+            f"The interval lies below 0: **{robust_name}'s gap is larger beyond the noise**; on {site} its "
+            f"recipe holds up worse than {plain_name}'s."
+        )
+    else:
+        reading = (
+            "The interval contains 0: the difference of the gaps is **within the noise**, so neither "
+            f"recipe is shown to hold up better on {site}."
+        )
+    return "\n\n".join([*paragraphs, f"{numbers} {reading}"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Robustness study: its CT and X-ray routes (notebook 09)
+
+
+def route_size_sweep(scores, images="slices", split="val", min_score=LEARNED_SCORE, seed=0, n=2000, level=0.95):
+    """:func:`size_sweep`'s reading, naming the route's images where it speaks of them.
+
+    ``images`` is what the route's images are called ("slices" for CT, "X-rays"): "a few slices
+    suffice" becomes "a few X-rays suffice". The branches are :func:`size_sweep`'s.
+    """
+    text = size_sweep(scores, split=split, min_score=min_score, seed=seed, n=n, level=level)
+    return text.replace("a few slices suffice", f"a few {images} suffice")
+
+
+def route_reference(name, value, reference=None, images="slices", metric="validation Dice", synthetic=True,
+                    quick=False, tolerance=0.01):
+    """A run's figure against the poster's, or, on a route the poster never ran, that it has none.
+
+    Branches: ``reference`` is None (the poster reported nothing on these ``images``: its figures
+    are CT ones), so the figure is read beside the route's other runs; otherwise the readings of
+    :func:`against_reference` (quick mode, synthetic data, a reading in words, matches, above,
+    below).
+    """
+    if reference is None:
+        return (
+            f"**{name}**: {metric} {value:.3f}. The poster reported **no figure on {images}** (its figures "
+            "are CT ones), so there is nothing to compare it with: read it beside this route's other runs."
+        )
+    return against_reference(name, value, reference, metric=metric, synthetic=synthetic, quick=quick,
+                             tolerance=tolerance)

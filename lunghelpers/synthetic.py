@@ -12,15 +12,18 @@ rotation, contrast and noise), laid out on disk exactly like the real sets:
   value), ``"labels"`` maps 0/128/255 to classes 0/1/2.
 * X-ray (``kind="xray"``): ``cxr/SYNCXR_nnnn.png`` uint8 images and ``masks/SYNCXR_nnnn.png``
   0/255 masks; ``jpeg=True`` writes both as JPEG (quality 90), so masks carry JPEG noise as in the
-  lab.
+  lab. ``exposure="dark"`` draws a *second hospital*: other patients, exposed darker and with less
+  contrast (mean intensity about 70 against about 108), as the Montgomery X-rays (mean 113) are
+  against the Shenzhen ones (163): a set for cross-site evaluation, never for training.
 
-Every image is drawn from ``np.random.default_rng([seed, index])``: the same seed gives
-byte-identical files, and asking for more images never changes the earlier ones.
+Every image is drawn from ``np.random.default_rng([seed, index])`` (a dark X-ray from
+``[seed, index, 1]``): the same seed gives byte-identical files, and asking for more images never
+changes the earlier ones.
 
 Command line::
 
     python -m lunghelpers.synthetic --kind ct|xray --count N --out DIR [--size S] [--seed S]
-        [--jpeg] [--overwrite]
+        [--jpeg] [--exposure standard|dark] [--overwrite]
 
 Without ``--out`` it fills ``data/synthetic/<kind>`` (the kit's default data) if that is missing.
 ``--overwrite`` replaces a generated set with other settings, but only if the folder holds nothing
@@ -46,6 +49,8 @@ from lunghelpers import data, paths
 from lunghelpers._quiet import progress_bar as tqdm
 
 KINDS = ("ct", "xray")
+#: X-ray exposures: "standard" (the embedded default set) and "dark" (a second hospital).
+EXPOSURES = ("standard", "dark")
 DEFAULT_COUNTS = {"ct": 267, "xray": 200}
 DEFAULT_SIZE = 512
 MINIMUM_SIZE = 64
@@ -318,7 +323,7 @@ def ct_slice(rng, size=DEFAULT_SIZE):
     return np.clip(np.round(hu), -32768, 32767).astype(np.int16), mask
 
 
-def xray_projection(rng, size=DEFAULT_SIZE):
+def xray_projection(rng, size=DEFAULT_SIZE, exposure="standard"):
     """Draw one frontal chest X-ray-like projection: (image uint8 (size, size), mask uint8 0/255).
 
     Brightness stands for attenuation: dark air around a bright torso and neck; two dark lung
@@ -328,7 +333,9 @@ def xray_projection(rng, size=DEFAULT_SIZE):
     mask; a brighter abdomen below the lungs. Then a random rotation (5 degrees), scale
     (0.9-1.1) and shift, a soft intensity gradient, blur, gamma 0.7-1.4, contrast and brightness
     changes and Gaussian noise. The lung fields stay on their own side of the midline and never
-    touch.
+    touch. ``exposure="dark"`` (another hospital's exposure and processing) then applies gamma
+    1.6-2.0, contrast 0.8-0.9 and a lift of 0.02-0.05: darker, flatter images that a per-image
+    min-max scaling does not undo (a gamma is not linear).
     """
     scale = size / DEFAULT_SIZE
     rows, columns = np.ogrid[0:size, 0:size]
@@ -438,13 +445,23 @@ def xray_projection(rng, size=DEFAULT_SIZE):
     density = np.clip(density, 0.0, 1.0) ** rng.uniform(0.7, 1.4)
     density = density * rng.uniform(0.85, 1.1) + rng.uniform(-0.05, 0.05)
     density += rng.uniform(0.008, 0.025) * rng.standard_normal((size, size), dtype=np.float32)
+    if exposure == "dark":  # drawn last, so the standard set's images stay as they were
+        density = np.clip(density, 0.0, 1.0) ** rng.uniform(1.6, 2.0) * rng.uniform(0.8, 0.9)
+        density += rng.uniform(0.02, 0.05)
     return np.clip(np.round(density * 255.0), 0, 255).astype(np.uint8), mask
 
 
-def make_pair(kind, seed, index, size=DEFAULT_SIZE):
-    """Return (image, mask) number ``index`` of a set, drawn from default_rng([seed, index])."""
-    rng = np.random.default_rng([seed, index])
-    return ct_slice(rng, size) if kind == "ct" else xray_projection(rng, size)
+def make_pair(kind, seed, index, size=DEFAULT_SIZE, exposure="standard"):
+    """Return (image, mask) number ``index`` of a set, drawn from default_rng([seed, index]).
+
+    A ``"dark"`` X-ray is drawn from default_rng([seed, index, 1]): other patients than the
+    standard set of the same seed, as a second hospital has.
+    """
+    if exposure == "standard":
+        rng = np.random.default_rng([seed, index])
+    else:
+        rng = np.random.default_rng([seed, index, EXPOSURES.index(exposure)])
+    return ct_slice(rng, size) if kind == "ct" else xray_projection(rng, size, exposure)
 
 
 def _layout(kind, jpeg):
@@ -466,8 +483,8 @@ def _is_integer(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _check_settings(kind, count, size, seed, jpeg):
-    """Raise ValueError for an unknown kind or a count, size or seed out of range."""
+def _check_settings(kind, count, size, seed, jpeg, exposure="standard"):
+    """Raise ValueError for an unknown kind or exposure, or a count, size or seed out of range."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not _is_integer(count) or not 1 <= count <= MAXIMUM_COUNT:
@@ -485,6 +502,10 @@ def _check_settings(kind, count, size, seed, jpeg):
         raise ValueError(f"jpeg must be True or False, got {jpeg!r}")
     if jpeg and kind != "xray":
         raise ValueError("jpeg=True is only for kind='xray' (CT slices are int16 TIFF)")
+    if exposure not in EXPOSURES:
+        raise ValueError(f"exposure must be one of {EXPOSURES}, got {exposure!r}")
+    if exposure != "standard" and kind != "xray":
+        raise ValueError(f"exposure={exposure!r} is only for kind='xray'")
 
 
 def _read_marker(folder):
@@ -502,6 +523,15 @@ def _read_marker(folder):
             f"if {folder} holds nothing of yours, delete it and generate the set again"
         ) from None
     return settings
+
+
+def _same_settings(marker, settings):
+    """True when a marker holds these settings; a marker without ``exposure`` is a standard set."""
+    return (
+        marker is not None
+        and {key: marker.get(key) for key in settings} == settings
+        and marker.get("exposure", "standard") == settings.get("exposure", "standard")
+    )
 
 
 def _set_files(kind, count, jpeg):
@@ -588,21 +618,23 @@ def _output_folder(out_dir):
 
 
 def generate(
-    kind, count, out_dir, size=DEFAULT_SIZE, seed=0, jpeg=False, overwrite=False, progress=True
+    kind, count, out_dir, size=DEFAULT_SIZE, seed=0, jpeg=False, overwrite=False, progress=True,
+    exposure="standard",
 ):
     """Write ``count`` synthetic pairs of ``kind`` ("ct" or "xray") under out_dir; return out_dir.
 
     Files go to out_dir/2d_images + out_dir/2d_masks (CT) or out_dir/cxr + out_dir/masks (X-ray);
     see ct_slice and xray_projection for what is drawn. The set is written to a temporary folder
     next to out_dir and renamed when complete, with a marker file ``dataset.json`` holding kind,
-    count, size, seed, jpeg and the list of files written, so a folder is either complete or
-    absent. If out_dir already holds a set with the same settings it is returned as it is; a set
-    with other settings raises DataError unless ``overwrite=True``. Overwriting refuses a folder
-    holding files the generator did not write (naming them), and swaps the new set in only once
-    it is complete, so a failure leaves the old set intact. A folder that is not a generated set
-    is never touched.
+    count, size, seed, jpeg (and exposure, unless standard) and the list of files written, so a
+    folder is either complete or absent. If out_dir already holds a set with the same settings it
+    is returned as it is; a set with other settings raises DataError unless ``overwrite=True``.
+    Overwriting refuses a folder holding files the generator did not write (naming them), and
+    swaps the new set in only once it is complete, so a failure leaves the old set intact. A
+    folder that is not a generated set is never touched. ``exposure="dark"`` (X-ray only) draws
+    the second hospital (see make_pair and xray_projection).
     """
-    _check_settings(kind, count, size, seed, jpeg)
+    _check_settings(kind, count, size, seed, jpeg, exposure)
     out_dir = _output_folder(out_dir)
     settings = {
         "kind": kind,
@@ -612,12 +644,14 @@ def generate(
         "jpeg": bool(jpeg),
         "version": GENERATOR_VERSION,
     }
+    if exposure != "standard":  # standard sets keep the marker they always had
+        settings["exposure"] = exposure
     _restore_interrupted_swap(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise data.DataError(f"{out_dir} is a file: expected a missing or empty folder")
     if out_dir.exists():
         existing = _read_marker(out_dir)
-        if existing is not None and {key: existing.get(key) for key in settings} == settings:
+        if _same_settings(existing, settings):
             return out_dir
         if existing is None and any(out_dir.iterdir()):
             raise data.DataError(
@@ -625,7 +659,8 @@ def generate(
                 "folder"
             )
         if existing is not None and not overwrite:
-            shown = {key: existing.get(key) for key in settings}
+            shown = {key: existing.get(key) for key in {**settings, "exposure": None}
+                     if key in settings or key in existing}
             raise data.DataError(
                 f"{out_dir} holds a synthetic set with other settings {shown}, expected "
                 f"{settings}: choose another folder or pass overwrite=True (--overwrite)"
@@ -645,7 +680,7 @@ def generate(
         (temporary / image_folder).mkdir(parents=True)
         (temporary / mask_folder).mkdir()
         for index in tqdm(range(count), desc=f"generating {kind}", disable=not progress):
-            image, mask = make_pair(kind, seed, index, size)
+            image, mask = make_pair(kind, seed, index, size, exposure)
             name = pattern.format(index=index)
             _write(temporary / image_folder / name, image)
             _write(temporary / mask_folder / name, mask)
@@ -659,7 +694,7 @@ def generate(
             except OSError:
                 # Another process (e.g. a parallel papermill run) finished the same set first.
                 existing = _read_marker(out_dir) if out_dir.is_dir() else None
-                if existing is None or {key: existing.get(key) for key in settings} != settings:
+                if not _same_settings(existing, settings):
                     raise
                 shutil.rmtree(temporary)
     except BaseException:
@@ -676,25 +711,29 @@ def ensure_dataset(
     seed=0,
     jpeg=False,
     progress=True,
+    exposure="standard",
 ):
     """Return the folder of a synthetic set, generating it on first use.
 
     With the defaults the folder is root/"ct" (267 CT slices, like the real CT set) or
     root/"xray" (200 X-rays: the real Shenzhen copy has 566, 200 keep generation and the lab's
     80/20 split quick). Other settings get their own folder, e.g. root/"ct-n40-s128-seed1", so sets
-    are never mixed. Pass the result to data.dataset_dirs to get the image and mask folders.
+    are never mixed; a dark X-ray set (a second hospital) is root/"xray-dark". Pass the result to
+    data.dataset_dirs to get the image and mask folders.
     """
     count = DEFAULT_COUNTS.get(kind, 0) if count is None else count
-    _check_settings(kind, count, size, seed, jpeg)
+    _check_settings(kind, count, size, seed, jpeg, exposure)
     name = kind
     if (count, size, seed, jpeg) != (DEFAULT_COUNTS[kind], DEFAULT_SIZE, 0, False):
         name = f"{kind}-n{count}-s{size}-seed{seed}" + ("-jpeg" if jpeg else "")
+    name += "" if exposure == "standard" else f"-{exposure}"
     folder = Path(root) / name
     # A set written by an older version of this generator is replaced: it is ours to regenerate.
     existing = _read_marker(folder) if folder.is_dir() else None
     outdated = existing is not None and existing.get("version") != GENERATOR_VERSION
     return generate(
-        kind, count, folder, size=size, seed=seed, jpeg=jpeg, overwrite=outdated, progress=progress
+        kind, count, folder, size=size, seed=seed, jpeg=jpeg, overwrite=outdated, progress=progress,
+        exposure=exposure,
     )
 
 
@@ -753,6 +792,12 @@ def main(argv=None):
         "--jpeg", action="store_true", help="X-ray only: write images and masks as JPEG"
     )
     parser.add_argument(
+        "--exposure",
+        choices=EXPOSURES,
+        default="standard",
+        help="X-ray only: dark = a second hospital (other patients, darker, less contrast)",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace a generated set that has other settings (refused if the folder holds "
@@ -774,6 +819,7 @@ def main(argv=None):
                 size=arguments.size,
                 seed=arguments.seed,
                 jpeg=arguments.jpeg,
+                exposure=arguments.exposure,
             )
         else:
             folder = generate(
@@ -784,6 +830,7 @@ def main(argv=None):
                 seed=arguments.seed,
                 jpeg=arguments.jpeg,
                 overwrite=arguments.overwrite,
+                exposure=arguments.exposure,
             )
     except ValueError as error:  # data.DataError included
         _fail(parser.prog, error)

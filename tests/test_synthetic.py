@@ -302,3 +302,42 @@ def test_command_line_errors_are_one_line_without_traceback(tmp_path):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
         assert result.stderr.startswith("python -m lunghelpers.synthetic: error: ")
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "keep me"
+
+
+
+def read_set(folder):
+    """The images and masks of a generated X-ray set, stacked in file order."""
+    paths = sorted((folder / "cxr").iterdir())
+    images = [cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in paths]
+    masks = [cv2.imread(str(folder / "masks" / path.name), cv2.IMREAD_UNCHANGED) for path in paths]
+    return np.stack(images), np.stack(masks)
+
+
+def test_a_dark_xray_set_is_a_second_hospital_and_leaves_the_standard_set_alone(tmp_path):
+    """exposure="dark": other patients, darker and flatter images, its own folder and marker."""
+    settings = {"root": tmp_path, "count": 6, "size": 96, "progress": False}
+    standard = synthetic.ensure_dataset("xray", **settings)
+    before = file_hashes(standard)
+    dark = synthetic.ensure_dataset("xray", exposure="dark", **settings)
+    assert (standard.name, dark.name) == ("xray-n6-s96-seed0", "xray-n6-s96-seed0-dark")
+    assert json.loads((dark / "dataset.json").read_text())["exposure"] == "dark"
+    assert "exposure" not in json.loads((standard / "dataset.json").read_text())
+    assert file_hashes(standard) == before
+    expected, _ = synthetic.make_pair("xray", 0, 0, size=96)  # the standard drawing is unchanged
+    standard_images, standard_masks = read_set(standard)
+    np.testing.assert_array_equal(standard_images[0], expected)
+    dark_images, dark_masks = read_set(dark)
+    assert not np.array_equal(dark_masks, standard_masks)  # other patients
+    assert dark_images.mean() < 0.8 * standard_images.mean()  # darker
+    assert dark_images.std() < 0.85 * standard_images.std()  # less contrast
+    assert all(image[mask > 0].mean() < image[mask == 0].mean() for image, mask in zip(dark_images, dark_masks))
+    assert synthetic.ensure_dataset("xray", exposure="dark", **settings) == dark  # generated once
+    with pytest.raises(data.DataError, match="exposure"):  # a dark folder is no standard set
+        synthetic.generate("xray", 6, dark, size=96, progress=False)
+    with pytest.raises(ValueError, match="exposure='dark' is only for kind='xray'"):
+        synthetic.generate("ct", 2, tmp_path / "ct", size=64, exposure="dark", progress=False)
+    with pytest.raises(ValueError, match="exposure must be one of"):
+        synthetic.generate("xray", 2, tmp_path / "bright", size=64, exposure="bright", progress=False)
+    cli = synthetic.main(["--kind", "xray", "--count", "1", "--size", "96", "--exposure", "dark",
+                          "--out", str(tmp_path / "cli")])
+    assert file_hashes(cli)["cxr/SYNCXR_0000.png"] == file_hashes(dark)["cxr/SYNCXR_0000.png"]
