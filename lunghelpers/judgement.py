@@ -870,14 +870,16 @@ def derived_labels(n_masks, n_exact, dice_right, dice_left, n_split_at_centre):
     )
 
 
-def size_sweep(scores, split="val", min_score=LEARNED_SCORE, seed=0, n=2000, level=0.95):
+def size_sweep(scores, split="val", min_score=LEARNED_SCORE, seed=0, n=2000, level=0.95, images="slices"):
     """How many training images the study's model needs, from the sweep's per-image scores.
 
     ``scores`` is ``{training images: per-image scores}``, every run scored on the same images
     (Series indexed by image name are compared image by image). The run with the best mean is the
     reference; a size whose difference to it has a bootstrap interval containing 0 is *within the
     noise* of the best. Branches: no run has learned the lungs (every mean below ``min_score``);
-    even the smallest size is within the noise of the best; only from some size on.
+    even the smallest size is within the noise of the best; only from some size on. ``images`` is
+    what the training images are called where the reading speaks of them ("slices" for CT,
+    "X-rays"): "a few slices suffice".
     """
     if not scores:
         raise ValueError("size_sweep needs the scores of at least one run: {training images: scores}.")
@@ -900,7 +902,7 @@ def size_sweep(scores, split="val", min_score=LEARNED_SCORE, seed=0, n=2000, lev
         return (
             f"{numbers} **Even {sizes[0]} images are within the noise of the best** ({best} images): the "
             f"{level:.0%} bootstrap interval of each difference to it contains 0. On look-alike images a "
-            "few slices suffice; another hospital's images may tell otherwise."
+            f"few {images} suffice; another hospital's images may tell otherwise."
         )
     below = [size for size in sizes if size not in within]
     return (
@@ -1072,16 +1074,6 @@ def cross_site_gap(plain_name, plain_in_site, plain_cross_site, robust_name, rob
 
 # ----------------------------------------------------------------------------------------------
 # Robustness study: its CT and X-ray routes (notebook 09)
-
-
-def route_size_sweep(scores, images="slices", split="val", min_score=LEARNED_SCORE, seed=0, n=2000, level=0.95):
-    """:func:`size_sweep`'s reading, naming the route's images where it speaks of them.
-
-    ``images`` is what the route's images are called ("slices" for CT, "X-rays"): "a few slices
-    suffice" becomes "a few X-rays suffice". The branches are :func:`size_sweep`'s.
-    """
-    text = size_sweep(scores, split=split, min_score=min_score, seed=seed, n=n, level=level)
-    return text.replace("a few slices suffice", f"a few {images} suffice")
 
 
 def route_reference(name, value, reference=None, images="slices", metric="validation Dice", synthetic=True,

@@ -12,8 +12,10 @@ goes to a new folder ``reports/<name>-<timestamp>/`` holding ``index.html``, the
 executed notebooks; nothing earlier is ever overwritten. A run that fails is recorded in the report
 with its error and the other runs still finish.
 
-The report only reads what the runs wrote (``params.json``, ``history.csv``, ``metrics.json``,
-``figures/*.png``): it never re-computes a number.
+The report reads what the runs wrote (``params.json``, ``history.csv``, ``metrics.json``,
+``per_image.csv``, ``figures/*.png``). One exception: a finished run whose notebooks wrote no
+``per_image.csv`` (notebook 06 scores one-class runs only) is scored by the report itself on its
+held-out split, as notebook 06 scores a run (:func:`score_held_out`).
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
             parameters.update(swept)
             parameters["NAME"] = name
             _check_parameter_names(path, name, parameters, notebooks)
+            _check_one_class_lesson(path, name, parameters, notebooks)
             if data_root is not None:
                 parameters["DATA_DIR"] = str(resolve_data_dir(data_root, parameters.get("DATASET", "ct")))
             sites = run.get("cross_site", document.get("cross_site", []))
@@ -230,6 +233,21 @@ def _check_parameter_names(path, run_name, parameters, notebooks):
             raise ExperimentFileError(
                 f"{path}: run {run_name!r} sets {key}{did_you_mean(key, known)}, which is no parameter of {', '.join(notebooks)}"
             )
+
+
+#: The lesson that evaluates one-class (sigmoid) runs only; the report scores the others itself.
+ONE_CLASS_LESSON = "06_evaluation_iou.ipynb"
+
+
+def _check_one_class_lesson(path, run_name, parameters, notebooks):
+    """Refuse notebook 06 for a multi-class run: it would fail there after training."""
+    from lunghelpers import experiment
+
+    mask_mode = parameters.get("MASK_MODE", experiment.ExperimentConfig().mask_mode)
+    if ONE_CLASS_LESSON in notebooks and mask_mode in experiment.MULTICLASS_MASK_MODES:
+        raise ExperimentFileError(
+            f"{path}: run {run_name!r} has MASK_MODE {mask_mode!r} (3 classes), but {ONE_CLASS_LESSON} scores "
+            "one-class runs only: leave it out of the run's notebooks (the report scores the run itself)")
 
 
 def select_runs(runs: list, patterns: list, source: str) -> list:
@@ -377,10 +395,37 @@ def execute_run(spec: RunSpec, report_dir: Path, progress: bool = True, timeout:
                 result.error = f"{notebook}: {summarize_error(error)}"
                 break
     if result.error is None:
-        result.error = cross_site(spec, run_dir)
+        result.error = score_held_out(run_dir) or cross_site(spec, run_dir)
     result.seconds = time.perf_counter() - start
     result.rendered = [render_notebook(path) for path in result.executed]
     return result
+
+
+def score_held_out(run_dir: Path) -> str | None:
+    """Score a trained run on its held-out split when its notebooks did not; an error message or ``None``.
+
+    Notebook 06 scores one-class runs only. A run without ``per_image.csv`` but with a model (a
+    multi-class run, or one that only trains) is scored here as 06 scores a run:
+    ``evaluate.evaluate_run`` on the held-out split that ``experiment.prepare_data`` rebuilds from
+    its ``params.json``, so every run of a report has its per-image table and held-out figures
+    (a multi-class run also each lung's Dice, ``<split>_dice_class1`` and ``_class2``).
+    """
+    from lunghelpers import evaluate, experiment, train
+
+    run = train.RunFolder(run_dir)
+    if run.per_image_path.exists() or not run.model_path.exists():
+        return None
+    try:
+        config = experiment.load_config(run_dir)
+        split, held_out = experiment.prepare_data(config, progress=False).evaluation
+        evaluate.evaluate_run(run_dir, held_out.images, held_out.masks, held_out.names,
+                              batch_size=config.batch_size, split=split)
+    except Exception as error:  # noqa: BLE001 - recorded as the run's failure
+        return f"held-out evaluation: {summarize_error(error)}"
+    with open(run_dir / "log.txt", "a", encoding="utf-8") as log:
+        log.write(f"scored by the report on its {len(held_out.names)} {split} images (evaluate.evaluate_run): "
+                  "its notebooks wrote no per_image.csv\n")
+    return None
 
 
 def cross_site(spec: RunSpec, run_dir: Path) -> str | None:
@@ -470,6 +515,10 @@ def held_out_split(metrics: dict) -> str | None:
 
 
 SPLIT_WORDS = {"test": "test", "val": "validation"}
+#: The classes of a multi-class run (``MASK_MODE`` labels or left_right): the patient's lungs.
+LUNG_CLASSES = {1: "right", 2: "left"}
+#: What a dataset's images are called in the report's sentences.
+IMAGE_WORDS = {"ct": "slices", "xray": "X-rays"}
 
 
 def results_table(results: list, files: dict) -> pd.DataFrame:
@@ -478,7 +527,8 @@ def results_table(results: list, files: dict) -> pd.DataFrame:
     Columns say in words which model, split and reduction each figure is: the kept epoch's
     validation loss and Dice as Keras logged them (pooled over the validation pixels), then the
     held-out split's per-image means with the seeded 95 % bootstrap interval ``metrics.json``
-    holds, then the source's reported figures beside ours. Nothing is recomputed here.
+    holds (for a multi-class run also each lung's Dice), then the source's reported figures
+    beside ours. Nothing is recomputed here.
     """
     rows = []
     for result in results:
@@ -499,6 +549,10 @@ def results_table(results: list, files: dict) -> pd.DataFrame:
                     interval = (f" [{metrics[key + '_ci_low']:.3f}, {metrics[key + '_ci_high']:.3f}]"
                                 if key + "_ci_low" in metrics else "")
                     row[f"{words} {label} (kept model, per-image mean, 95% interval)"] = f"{metrics[key]:.3f}{interval}"
+            for class_id, lung in LUNG_CLASSES.items():  # a multi-class run: each lung on its own
+                if f"{split}_dice_class{class_id}" in metrics:
+                    row[f"{words} {lung} lung Dice (class {class_id}, kept model, per-image mean)"] = (
+                        f"{metrics[f'{split}_dice_class{class_id}']:.3f}")
             if f"{split}_accuracy" in metrics:
                 row[f"{words} pixel accuracy (kept model)"] = metrics[f"{split}_accuracy"]
             row["images"] = metrics.get(f"n_{split}")
@@ -564,62 +618,154 @@ def quick_banner(files: dict) -> str:
     )
 
 
+#: The ``params.json`` keys a run's held-out images and masks depend on (``experiment.prepare_data``).
+HELD_OUT_PARAMS = ("dataset", "data_dir", "limit", "split", "shuffle_split", "seed", "image_size", "mask_mode",
+                   "normalization")
+
+
+def held_out_images(run: dict):
+    """A key that two runs share exactly when they were scored on the same held-out images and masks.
+
+    The same data (``DATASET``, ``DATA_DIR``, how the images are read and split), the same split,
+    the same noise on it (validation noise only: a test split never gets any) and the same image
+    names in ``per_image.csv``. ``None`` for a run without per-image Dice.
+    """
+    split, table, params = held_out_split(run["metrics"]), run["per_image"], run["params"]
+    if split is None or table is None or "dice" not in table or "name" not in table:
+        return None
+    noise = (params.get("val_noise_fraction"), params.get("noise_sigma")) if (
+        split == "val" and params.get("val_noise_fraction")) else None
+    data = json.dumps([params.get(key) for key in HELD_OUT_PARAMS], default=str)
+    return split, data, json.dumps(noise), tuple(sorted(table["name"].astype(str)))
+
+
+def _dice(run: dict) -> pd.Series:
+    return run["per_image"].set_index("name")["dice"]
+
+
 def comparisons(results: list, files: dict) -> list:
-    """Each run's per-image Dice against the first run's, as the judgement function words it."""
+    """Each run's per-image Dice against the first run scored on the same images, as judgement words it.
+
+    Runs on other images (another dataset or data folder, another split or seed, noise on the
+    validation images) are never compared: their difference would mix the models with the images.
+    """
     from lunghelpers import judgement
 
-    finished = [result for result in results if files[result.spec.name]["per_image"] is not None]
+    first = {}
     sentences = []
-    for result in finished[1:]:
-        first = finished[0]
-        a, b = files[result.spec.name], files[first.spec.name]
-        split = held_out_split(a["metrics"])
-        if split is None or split != held_out_split(b["metrics"]) or "dice" not in a["per_image"]:
+    for result in results:
+        run = files[result.spec.name]
+        key = held_out_images(run)
+        if key is None:
             continue
-        scores_a = a["per_image"].set_index("name")["dice"]
-        scores_b = b["per_image"].set_index("name")["dice"]
-        sentences.append(judgement.compare_runs(result.spec.name, scores_a, first.spec.name, scores_b,
-                                                metric="dice", split=split))
+        if key not in first:
+            first[key] = result.spec.name
+            continue
+        sentences.append(judgement.compare_runs(result.spec.name, _dice(run), first[key], _dice(files[first[key]]),
+                                                metric="dice", split=key[0]))
     return sentences
 
 
 def studies(results: list, report_dir: Path, files: dict) -> list:
-    """One figure and one sentence per sweep: held-out Dice by the swept parameter, over seeds.
+    """One figure and one reading per study: held-out Dice of a sweep's runs, mean and spread over seeds.
 
-    Runs of one experiment-file run (its ``group``) that a ``sweep`` made are a study: the points
-    are the swept parameter other than ``SEED`` (mean and spread over the seeds), and a training-set
-    size sweep is read by ``judgement.size_sweep`` on the per-image scores, averaged over seeds.
+    Runs of one experiment-file run (its ``group``) that a ``sweep`` made are a study. A sweep over
+    a parameter other than ``SEED`` has one point per value of it (mean and sd over the seeds); a
+    training-set size sweep is read by ``judgement.size_sweep`` on the per-image scores, averaged
+    over seeds, naming the dataset's images. Sweeps over ``SEED`` only share one figure per dataset
+    and split: one point per group, its mean and sd over the seeds; groups scored on the same
+    images (the same seeds, data and validation noise) are compared by ``judgement.compare_settings``
+    on each image's Dice averaged over the seeds.
     """
-    from lunghelpers import judgement, plots
-
     groups = {}
     for result in results:
         if result.spec.swept and files[result.spec.name]["per_image"] is not None:
             groups.setdefault(result.spec.group, []).append(result)
-    found = []
+    found = {}  # a sweep's group, or (dataset, split) for the SEED-only sweeps: {group: runs}, in run order
     for group, members in groups.items():
-        parameters = [key for key in members[0].spec.swept if key != "SEED"] or ["SEED"]
-        parameter = parameters[0]
-        split = held_out_split(files[members[0].spec.name]["metrics"]) or "val"
-        rows = [{parameter: result.spec.swept.get(parameter, result.spec.parameters.get(parameter)),
-                 "dice": files[result.spec.name]["metrics"].get(f"{split}_dice")} for result in members]
-        table = pd.DataFrame(rows).dropna()
-        if table.empty:
-            continue
-        seeds = len({result.spec.swept.get("SEED", result.spec.parameters.get("SEED")) for result in members})
-        title = f"{group}: {SPLIT_WORDS[split]} Dice (kept model, per-image mean) by {parameter}, {seeds} seed(s)"
-        path = report_dir / f"study_{group}.png"
-        plots.save_figure(plots.sweep_errorbars(table, parameter, "dice", title=title), path)
-        sentence = ""
-        if parameter == "TRAIN_SIZE":
-            scores = {}
-            for result in members:
-                per_image = files[result.spec.name]["per_image"].set_index("name")["dice"]
-                scores.setdefault(int(result.spec.swept["TRAIN_SIZE"]), []).append(per_image)
-            sentence = judgement.size_sweep({size: pd.concat(parts, axis=1).mean(axis=1) for size, parts in scores.items()},
-                                            split=split)
-        found.append({"src": data_uri(path), "caption": title, "sentence": sentence})
-    return found
+        run = files[members[0].spec.name]
+        if set(members[0].spec.swept) - {"SEED"}:
+            found[group] = {group: members}
+        else:
+            found.setdefault((run["params"].get("dataset"), held_out_split(run["metrics"]) or "val"), {})[group] = members
+    made = [_seed_study(by_group, *key, report_dir, files) if isinstance(key, tuple) else
+            _sweep_study(key, by_group[key], report_dir, files) for key, by_group in found.items()]
+    return [study for study in made if study is not None]
+
+
+def _seed_of(result: RunResult):
+    return result.spec.swept.get("SEED", result.spec.parameters.get("SEED"))
+
+
+def _sweep_study(group, members, report_dir, files):
+    """The figure and reading of a sweep over a parameter other than ``SEED`` (see :func:`studies`)."""
+    from lunghelpers import judgement, plots
+
+    parameter = next(key for key in members[0].spec.swept if key != "SEED")
+    run = files[members[0].spec.name]
+    split = held_out_split(run["metrics"]) or "val"
+    rows = [{parameter: result.spec.swept.get(parameter, result.spec.parameters.get(parameter)),
+             "dice": files[result.spec.name]["metrics"].get(f"{split}_dice")} for result in members]
+    table = pd.DataFrame(rows).dropna()
+    if table.empty:
+        return None
+    seeds = len({_seed_of(result) for result in members})
+    title = f"{group}: {SPLIT_WORDS[split]} Dice (kept model, per-image mean) by {parameter}, {seeds} seed(s)"
+    path = report_dir / f"study_{group}.png"
+    plots.save_figure(plots.sweep_errorbars(table, parameter, "dice", title=title), path)
+    sentence = ""
+    if parameter == "TRAIN_SIZE":
+        scores = {}
+        for result in members:
+            scores.setdefault(int(result.spec.swept["TRAIN_SIZE"]), []).append(_dice(files[result.spec.name]))
+        sentence = judgement.size_sweep({size: pd.concat(parts, axis=1).mean(axis=1) for size, parts in scores.items()},
+                                        split=split, images=IMAGE_WORDS.get(run["params"].get("dataset"), "images"))
+    return {"src": data_uri(path), "caption": title, "sentence": sentence}
+
+
+def _seed_study(by_group, dataset, split, report_dir, files):
+    """The figure and reading of the sweeps over ``SEED`` only of one dataset and split (see :func:`studies`)."""
+    from lunghelpers import judgement, plots
+
+    rows = [{"run": group, "dice": files[result.spec.name]["metrics"].get(f"{split}_dice")}
+            for group, members in by_group.items() for result in members]
+    table = pd.DataFrame(rows).dropna()
+    if table.empty:
+        return None
+    seeds = table.groupby("run")["dice"].count()
+    counts = "/".join(str(count) for count in sorted(set(seeds)))
+    title = (f"{', '.join(by_group)}: {SPLIT_WORDS[split]} Dice (kept model, per-image mean), "
+             f"mean and sd over {counts} seed(s) per run")
+    figure = plots.sweep_errorbars(table, "run", "dice", title=f"{SPLIT_WORDS[split]} Dice (kept model, per-image "
+                                   f"mean) by run: mean and sd over {counts} seed(s)")
+    for line in figure.axes[0].get_lines():
+        line.set_linestyle("none")  # one point per run: nothing lies between them
+    figure.axes[0].tick_params(axis="x", labelsize=7)
+    path = report_dir / f"study_seeds_{next(iter(by_group))}.png"
+    plots.save_figure(figure, path)
+    images = f"{SPLIT_WORDS[split]} {IMAGE_WORDS.get(dataset, 'images')}"
+    same = {}  # the groups by the images they were scored on, seed by seed
+    for group, members in by_group.items():
+        keys = frozenset(held_out_images(files[result.spec.name]) for result in members)
+        if None not in keys:
+            same.setdefault(keys, []).append(group)
+
+    def seed_mean(group):  # each image's Dice, averaged over the group's seeds whose split holds it
+        return pd.concat([_dice(files[result.spec.name]) for result in by_group[group]], axis=1).mean(axis=1)
+
+    sentences = [judgement.compare_settings(f"{other} or {first}, on the same {images}?", other, seed_mean(other),
+                                            first, seed_mean(first), metric="dice", split=split)
+                 for first, *others in same.values() for other in others]
+    if sentences and seeds.max() > 1:
+        sentences.append("Each image's Dice there is its mean over the seeds whose split holds it.")
+    alone = [names[0] for names in same.values() if len(names) == 1]
+    if alone and len(by_group) > 1:
+        sentences.append(
+            f"{', '.join(alone)} {'was' if len(alone) == 1 else 'were'} scored on {images} that no other run of "
+            "this figure was scored on (another split, data or noise), so "
+            f"{'its point is' if len(alone) == 1 else 'their points are'} not compared with the others: "
+            "a difference would mix the models with the images.")
+    return {"src": data_uri(path), "caption": title, "sentence": "\n\n".join(sentences)}
 
 
 def comparison_figures(results: list, report_dir: Path, files: dict) -> list:

@@ -7,17 +7,21 @@
   from 5 to 105 images; at quick scale one seed and the sizes 5 and 20, as the CT route.
 - With a data root, each route's runs read their own set (``xray/`` and ``kaggle_ct2d/``), and the
   real Shenzhen set gives the poster's 400 training and 100 validation images.
-- ``judgement.route_size_sweep`` and ``judgement.route_reference`` name the route's images, branch by branch.
+- Every run is 3-class, so no run lists notebook 06 (one-class runs only); the report scores them.
+- ``judgement.size_sweep(images=...)`` and ``judgement.route_reference`` name the route's images,
+  branch by branch.
 - Lesson 09 chooses a route with ``ROUTE`` (default ``"ct"``); its groups are the file's.
-- Slow (about 7 minutes on 2 busy cores): the X-ray route's quick runs go through the report on the
-  embedded data with poster.yaml's own notebooks (strict xfail while notebook 06 refuses 3-class
-  runs); scored as 06 scores a run, they give the report a study figure per sweep and the size
-  sweep's sentence; and lesson 09 with ``ROUTE = "xray"`` reads those same runs without training and
-  speaks of X-rays.
+- Slow (about 3 minutes on 2 busy cores; the five tiny runs are trained once, for the module): the
+  X-ray route's quick runs go through the report on the embedded data with poster.yaml's own
+  notebooks and all finish; the report scores them itself (per lung too), draws the size sweep and
+  one figure for the three seed-only sweeps, never calls the X-rays slices, and compares only
+  runs scored on the same images; lesson 09 with ``ROUTE = "xray"`` reads those same runs without
+  training and speaks of X-rays.
 """
 
 import ast
 import os
+import re
 
 import nbformat
 import numpy as np
@@ -26,7 +30,7 @@ import papermill
 import pytest
 import yaml
 
-from lunghelpers import data, evaluate, experiment, judgement, paths, report
+from lunghelpers import data, judgement, paths, report
 
 POSTER = paths.PROJECT_ROOT / "experiments" / "poster.yaml"
 LESSON = paths.NOTEBOOKS_ROOT / "09_robustness.ipynb"
@@ -77,6 +81,13 @@ def test_each_xray_run_is_its_ct_twin_on_xrays(scale):
             assert ct_run.parameters["DATASET"] == "ct" and ct_run.parameters["MASK_MODE"] == "labels"
             assert xray_run.reference == {}, "the poster reported no X-ray figures"
             assert ct_run.reference, f"{ct_run.name}: the poster's CT figure is gone"
+
+
+@pytest.mark.parametrize("scale", report.SCALES)
+def test_no_run_lists_the_one_class_lesson(scale):
+    for run in report.load_experiments(POSTER, scale=scale)[1]:
+        assert run.parameters["MASK_MODE"] in ("labels", "left_right")
+        assert report.ONE_CLASS_LESSON not in run.notebooks and "05_training.ipynb" in run.notebooks, run.name
 
 
 def test_the_full_scale_xray_route_has_the_posters_recipe_on_its_images():
@@ -143,11 +154,11 @@ def steady(mean, seed, count=20, spread=0.01):
     return pd.Series(np.clip(mean + spread * np.random.default_rng(seed).standard_normal(count), 0, 1), index=names)
 
 
-def test_route_size_sweep_names_the_routes_images_where_a_few_suffice():
+def test_size_sweep_names_the_routes_images_where_a_few_suffice():
     base = steady(0.95, seed=1)
     sweep = {5: base + np.random.default_rng(2).normal(0, 0.005, 20), 105: base}
-    assert "a few slices suffice" in judgement.route_size_sweep(sweep)
-    text = judgement.route_size_sweep(sweep, images="X-rays")
+    assert "a few slices suffice" in judgement.size_sweep(sweep)
+    text = judgement.size_sweep(sweep, images="X-rays")
     assert "**Even 5 images are within the noise of the best**" in text and "a few X-rays suffice" in text
     assert "slices" not in text
 
@@ -156,9 +167,14 @@ def test_route_size_sweep_names_the_routes_images_where_a_few_suffice():
     ({5: steady(0.2, 1), 20: steady(0.3, 2)}, "**No run has learned to find the lungs yet**"),
     ({5: steady(0.6, 1), 20: steady(0.95, 2), 105: steady(0.95, 3)}, "**From 20 images on**"),
 ], ids=["not-learned", "from-a-size-on"])
-def test_route_size_sweep_keeps_the_other_readings_of_size_sweep(sweep, expected):
-    text = judgement.route_size_sweep(sweep, images="X-rays", split="val")
+def test_size_sweeps_other_readings_do_not_depend_on_the_images_word(sweep, expected):
+    text = judgement.size_sweep(sweep, images="X-rays", split="val")
     assert text == judgement.size_sweep(sweep, split="val") and expected in text
+
+
+def test_the_stopgap_route_size_sweep_is_gone():
+    assert not hasattr(judgement, "route_size_sweep")
+    assert "route_size_sweep" not in LESSON.read_text(encoding="utf-8")
 
 
 def test_route_reference_without_a_figure_says_there_is_none_on_these_images():
@@ -223,39 +239,38 @@ def xray_report(tmp_path_factory):
     return path, index
 
 
-@pytest.mark.xfail(strict=True, reason="notebook 06 refuses 3-class runs ('this lesson evaluates one-class (sigmoid) "
-                                       "runs'), and poster.yaml runs 06 after 05: every run of both routes fails there")
 def test_the_xray_routes_quick_runs_finish_through_poster_yamls_notebooks(xray_report):
     _, index = xray_report
     summary = pd.read_csv(index.parent / "summary.csv").set_index("run")
     assert list(summary.index) == ["x1-baseline-seed-220", "x2-noise-train-and-val-seed-220",
                                    "x3-clean-train-noisy-val-seed-220", "x4-size-train-size-5", "x4-size-train-size-20"]
     assert set(summary["status"]) == {"ok"}, summary["status"]
-    assert (index.parent / "runs" / "x1-baseline-seed-220" / "per_image.csv").is_file()
-
-
-def test_the_report_draws_the_xray_routes_studies_and_reads_its_size_sweep(xray_report):
-    """Scored as notebook 06 scores a run (``evaluate.evaluate_run`` on its held-out split), the
-    X-ray route's runs give the report one study per sweep, with judgement.size_sweep's sentence."""
-    path, index = xray_report
-    header, specs = report.load_experiments(path, scale="quick")
-    results = []
-    for spec in specs:
-        run_dir = index.parent / "runs" / spec.name
-        config = experiment.load_config(run_dir)
-        assert (config.dataset, config.mask_mode, config.n_classes) == ("xray", "left_right", 3)
-        split, held_out = experiment.prepare_data(config, progress=False).evaluation
-        evaluate.evaluate_run(run_dir, held_out.images, held_out.masks, held_out.names, batch_size=8, split=split)
-        results.append(report.RunResult(spec, run_dir))
-    page = report.write_report(header, results, index.parent, "quick", "cmd").read_text(encoding="utf-8")
-    assert "<h2>Studies</h2>" in page
-    for group, parameter in (("x1-baseline", "SEED"), ("x2-noise-train-and-val", "SEED"),
-                             ("x3-clean-train-noisy-val", "SEED"), ("x4-size", "TRAIN_SIZE")):
-        assert f"{group}: validation Dice (kept model, per-image mean) by {parameter}, 1 seed(s)" in page
-        assert (index.parent / f"study_{group}.png").stat().st_size > 0
-    assert "Mean validation Dice by training-set size: 5 images" in page and ", 20 images " in page  # size_sweep
+    for run in summary.index:
+        assert (index.parent / "runs" / run / "per_image.csv").is_file(), run
+        assert "scored by the report on its 12 val images" in (index.parent / "runs" / run / "log.txt").read_text()
     metrics = report.read_json(index.parent / "runs" / "x1-baseline-seed-220" / "metrics.json")
     assert metrics["n_val"] == 12 and {"val_dice_class1", "val_dice_class2"} <= set(metrics)  # 20 % of 60, two lungs
+
+
+def test_the_report_shows_the_xray_routes_lungs_studies_and_fair_comparisons(xray_report):
+    _, index = xray_report
+    page = index.read_text(encoding="utf-8")
+    for lung in ("right lung Dice (class 1", "left lung Dice (class 2"):
+        assert f"validation {lung}, kept model, per-image mean)" in page
+    studies = page.split("<h2>Studies</h2>")[1].split("<h2>")[0]
+    assert "x4-size: validation Dice (kept model, per-image mean) by TRAIN_SIZE, 1 seed(s)" in studies
+    assert ("x1-baseline, x2-noise-train-and-val, x3-clean-train-noisy-val: validation Dice (kept model, per-image "
+            "mean), mean and sd over 1 seed(s) per run") in studies
+    assert {path.name for path in index.parent.glob("study_*.png")} == {"study_x4-size.png", "study_seeds_x1-baseline.png"}
+    assert "Mean validation Dice by training-set size: 5 images" in studies and "slices" not in studies  # size_sweep
+    # x2 and x3 are scored on the same half-noisy validation X-rays, x1 on clean ones.
+    assert "<strong>x3-clean-train-noisy-val or x2-noise-train-and-val, on the same validation X-rays?</strong>" in studies
+    assert "x1-baseline was scored on validation X-rays that no other run of this figure was scored on" in studies
+    results = page.split("<h2>Results</h2>")[1].split("<h2>")[0]
+    compared = re.findall(r"Mean validation Dice: (\S+) [0-9.]+, (\S+) [0-9.]+", results)
+    assert sorted(compared) == [("x3-clean-train-noisy-val-seed-220", "x2-noise-train-and-val-seed-220"),
+                                ("x4-size-train-size-20", "x1-baseline-seed-220"),
+                                ("x4-size-train-size-5", "x1-baseline-seed-220")]
 
 
 def test_lesson_09_on_the_xray_route_reads_the_routes_runs_and_speaks_of_xrays(xray_report, tmp_path):
@@ -281,5 +296,5 @@ def test_lesson_09_on_the_xray_route_reads_the_routes_runs_and_speaks_of_xrays(x
     assert "**x1-baseline**: validation Dice" in shown and "no figure on X-rays" in shown  # route_reference
     assert "**Does noise the model never saw cost Dice?**" in shown and "x1-baseline on clean X-rays" in shown
     assert "**Does training with noise help on noisy X-rays?**" in shown
-    assert "Mean validation Dice by training-set size: 5 images" in shown  # route_size_sweep
+    assert "Mean validation Dice by training-set size: 5 images" in shown  # size_sweep
     assert "slices" not in shown, [line for line in shown.splitlines() if "slices" in line][:3]
