@@ -83,8 +83,13 @@ def notebook_parameters(notebook: str = TRAINING_NOTEBOOK) -> dict:
     cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
     if cell is None:
         raise ValueError(f"{path} has no cell tagged 'parameters'")
+    return literal_assignments("".join(cell["source"]))
+
+
+def literal_assignments(source: str) -> dict:
+    """``{name: value}`` of the top-level ``NAME = literal`` lines of some Python source."""
     values = {}
-    for node in ast.parse("".join(cell["source"])).body:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             try:
                 values[node.targets[0].id] = ast.literal_eval(node.value)

@@ -19,7 +19,6 @@
   training and speaks of X-rays.
 """
 
-import ast
 import os
 import re
 
@@ -30,7 +29,7 @@ import papermill
 import pytest
 import yaml
 
-from lunghelpers import data, judgement, paths, report
+from lunghelpers import data, experiment, judgement, paths, report
 
 POSTER = paths.PROJECT_ROOT / "experiments" / "poster.yaml"
 LESSON = paths.NOTEBOOKS_ROOT / "09_robustness.ipynb"
@@ -203,12 +202,7 @@ def lesson_assignments(tagged_parameters):
     found = {}
     for cell in cells:
         source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith("%"))
-        for node in ast.parse(source).body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                try:
-                    found[node.targets[0].id] = ast.literal_eval(node.value)
-                except ValueError:
-                    pass
+        found.update(experiment.literal_assignments(source))
     return found
 
 
