@@ -60,6 +60,14 @@ SUMMARY_METRICS = (
 DATA_SUBDIRS = {"ct": ("kaggle_ct2d", "ct"), "xray": ("xray", "cxr")}
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading ``1e-3`` as a number, as YAML 1.2 does (YAML 1.1 wants ``1.0e-3``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 class ExperimentFileError(ValueError):
     """An experiment file that cannot be read or lacks what a run needs."""
 
@@ -108,7 +116,7 @@ def load_experiments(path: str | Path, scale: str = "quick", data_root: str | Pa
     if not path.is_file():
         raise ExperimentFileError(f"experiment file {path} does not exist")
     try:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=YamlLoader)
     except yaml.YAMLError as error:
         raise ExperimentFileError(f"experiment file {path} is not valid YAML: {error}") from error
     if not isinstance(document, dict) or not document.get("runs"):
@@ -275,7 +283,7 @@ def apply_overrides(runs: list, overrides: dict) -> None:
     """Give every run the ``--set NAME=VALUE`` values, each to the runs whose notebooks declare it.
 
     They win over everything the experiment files set. A name no notebook of these runs declares,
-    one the report sets itself, or a value the training configuration refuses is an error naming
+    one the report sets itself, one a selected run sweeps, or a value the training configuration refuses is an error naming
     the parameter (a file whose own values are refused is left to fail at run time, as without ``--set``).
     """
     from lunghelpers import experiment
@@ -287,6 +295,10 @@ def apply_overrides(runs: list, overrides: dict) -> None:
         if key not in declared:
             raise ExperimentFileError(f"--set {key}{did_you_mean(key, declared - set(SET_BY_REPORT))}: no notebook "
                                       "of the selected runs has that parameter")
+        swept = next((run for run in runs if key in run.swept), None)
+        if swept is not None:
+            raise ExperimentFileError(f"--set {key}: run {swept.group!r} sweeps {key}; one value for all its runs "
+                                      "would undo the sweep (select other runs with --runs, or edit the sweep)")
     training = notebook_parameters(experiment.TRAINING_NOTEBOOK)
     for run in runs:
         values = {key: value for key, value in run.parameters.items() if key in training}
@@ -1106,7 +1118,7 @@ def parse_setting(text: str) -> tuple:
     if not equals or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE such as EPOCHS=40, got {text!r}")
     try:
-        return name, yaml.safe_load(value)
+        return name, yaml.load(value, Loader=YamlLoader)
     except yaml.YAMLError:
         raise argparse.ArgumentTypeError(f"{name}: {value!r} is not a YAML value") from None
 

@@ -4,9 +4,9 @@
   a sweep's name brings all its runs. One report runs only the selected run, with ``--set EPOCHS=2``
   over the file's 1 epoch: it trains 2 epochs, and the header states the selection and the override.
 - A ``--runs`` name that matches nothing, a ``--set`` name no notebook has (closest match named), one
-  the report sets itself, a value the training configuration refuses or a malformed ``--set`` is a
-  one-line error with exit status 2, and nothing is written.
-- ``--set`` wins over the file's, the run's, the quick and the sweep's values, and goes only to runs
+  the report sets itself, one a selected run sweeps, a value the training configuration refuses or a
+  malformed ``--set`` is a one-line error with exit status 2, and nothing is written.
+- ``--set`` wins over the file's, the run's and the quick values, and goes only to runs
   whose notebooks declare the parameter (each notebook then gets only its own, as without ``--set``).
 - Runs scored at another hospital (``cross_site``) show the in-site validation Dice beside the
   cross-site Dice in the results table, each with its interval.
@@ -68,6 +68,7 @@ def refused(tmp_path, capsys, *arguments):
     (["--set", "LEARNING_RATE=2"], "--set LEARNING_RATE=2 is refused"),
     (["--set", "EPOCHS=3", "--set", "IMAGE_SIZE=[64, 4]"], "--set IMAGE_SIZE=[64, 4] is refused"),
     (["--set", "NAME=x"], "--set NAME: the report sets NAME itself"),
+    (["--set", "SEED=3"], "--set SEED: run 'grid' sweeps SEED; one value for all its runs would undo the sweep"),
     (["--set", "EPOCHS"], "argument --set: expected NAME=VALUE"),
 ])
 def test_bad_selections_and_settings_are_refused_before_anything_runs(tmp_path, capsys, arguments, named):
@@ -83,9 +84,11 @@ def test_set_wins_over_everything_and_goes_only_to_notebooks_that_declare_it(tmp
         {"name": "score", "notebooks": ["05_training.ipynb", "06_evaluation_iou.ipynb"]},
     ]}))
     _, runs = report.load_experiments(path, scale="quick")
-    report.apply_overrides(runs, {"EPOCHS": 5, "SEED": 7, "HEADLINE_THRESHOLD": 0.4})
+    report.apply_overrides(runs, {"EPOCHS": 5, "HEADLINE_THRESHOLD": 0.4})
     first, second, score = runs
-    assert (first.parameters["EPOCHS"], first.parameters["SEED"], second.parameters["SEED"]) == (5, 7, 7)
+    assert (first.parameters["EPOCHS"], first.parameters["SEED"], second.parameters["SEED"]) == (5, 1, 2)
+    report.apply_overrides([score], {"SEED": 7})  # a swept name is refused only where a selected run sweeps it
+    assert score.parameters["SEED"] == 7
     assert "HEADLINE_THRESHOLD" not in first.parameters  # notebook 06's: only for runs that execute it
     assert (score.parameters["HEADLINE_THRESHOLD"], score.parameters["EPOCHS"]) == (0.4, 5)
     # A value of the file itself that the configuration refuses is not blamed on --set (the run fails as before).
@@ -122,3 +125,14 @@ def test_cross_site_runs_show_the_in_site_validation_dice_beside_the_cross_site_
     row = report.results_table([report.RunResult(spec, tmp_path)], files).iloc[0]
     assert row["validation Dice (kept model, per-image mean, 95% interval)"] == "0.957 [0.950, 0.963]"
     assert row["montgomery Dice (kept model, per-image mean, 95% interval)"] == "0.967 [0.962, 0.970]"
+
+
+def test_exponent_numbers_are_numbers_on_the_command_line_and_in_the_file(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-3 as the text "1e-3"; the report reads it as YAML 1.2 does.
+    assert report.parse_setting("LEARNING_RATE=1e-3") == ("LEARNING_RATE", 0.001)
+    assert report.parse_setting("LEARNING_RATE=-2E+1") == ("LEARNING_RATE", -20.0)
+    assert report.parse_setting("NAME=1e") == ("NAME", "1e")  # not a number: text, as before
+    path = tmp_path / "exp.yaml"
+    path.write_text("parameters: {LEARNING_RATE: 5e-4}\nruns: [{name: a, notebooks: [05_training.ipynb]}]\n")
+    _, runs = report.load_experiments(path)
+    assert runs[0].parameters["LEARNING_RATE"] == 0.0005
