@@ -2,11 +2,13 @@
 
 For each preset, three set-ups train the same model in this one process:
 
-1. source: the source notebook's pipeline and compile: two ``ImageDataGenerator.flow`` streams with
-   a shared seed, zipped in a Python generator and wrapped in
-   ``tf.data.Dataset.from_generator(...).repeat()``; binary cross-entropy and the accuracy metric;
+1. source: the source notebook's pipeline, model and compile: two ``ImageDataGenerator.flow``
+   streams with a shared seed, zipped in a Python generator and wrapped in
+   ``tf.data.Dataset.from_generator(...).repeat()``; Keras's own ``BatchNormalization`` layers;
+   binary cross-entropy and the accuracy metric;
 2. kit float32: ``augment.make_dataset`` (one paired transform per example, parallel map,
-   prefetch) and the training notebook's compile (the preset's loss, accuracy, Dice, IoU,
+   prefetch), the kit's model (the same layers and weights, its batch norm layers
+   ``models.FusedBatchNormalization``) and the training notebook's compile (the preset's loss, accuracy, Dice, IoU,
    precision, recall);
 3. kit mixed_bfloat16: the same with ``train.set_precision("mixed_bfloat16")``.
 
@@ -59,6 +61,13 @@ def load(size, limit=160):
     return images, masks
 
 
+def keras_batch_norm(layer):
+    """Keras's own BatchNormalization in place of the kit's fused one, for the source's model."""
+    if isinstance(layer, models.FusedBatchNormalization):
+        return keras.layers.BatchNormalization.from_config(layer.get_config())
+    return layer.__class__.from_config(layer.get_config())
+
+
 def build(preset, setup, images, masks):
     """A compiled model and its endless training dataset for one set-up of ``preset``."""
     shape = (preset["size"], preset["size"], 1)
@@ -67,6 +76,7 @@ def build(preset, setup, images, masks):
     model = preset["model"](shape)
     train.set_precision(False)
     if setup == "source":
+        model = keras.models.clone_model(model, clone_function=keras_batch_norm)
         dataset = augment.image_data_generator_pair(
             images, masks.astype("float32"), batch_size=preset["batch"], seed=220, **preset["source_augment"]).repeat()
         model.compile(optimizer=keras.optimizers.Adam(), loss="binary_crossentropy", metrics=["accuracy"])

@@ -17,12 +17,63 @@ Both builders end in a separate `Activation` layer with `dtype="float32"`: under
 policy (`keras.mixed_precision.set_global_policy("mixed_bfloat16")`) every other layer computes
 in bfloat16, but the probabilities (and so the loss) stay float32, as the Keras mixed-precision
 guide recommends.
+
+With `batch_norm=True` the U-Net's normalisation layers are `FusedBatchNormalization`: Keras's
+`BatchNormalization` (same arguments, weights and results) whose training step runs TensorFlow's
+fused kernel. Models saved with it load with `keras.models.load_model` once `lunghelpers.models`
+is imported (every kit module that loads a model imports it).
 """
 
 import keras
 from keras import layers
 
 UPSAMPLING_MODES = ("transpose", "bilinear")
+
+
+@keras.saving.register_keras_serializable(package="lunghelpers")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose training step uses TensorFlow's fused kernel.
+
+    Same arguments, weights, outputs and moving-average update as Keras's layer (to float
+    rounding). Keras 3 computes a training step's batch statistics, the normalisation and their
+    gradients as separate element-wise operations, and in float32 even under a bfloat16 policy;
+    TensorFlow's `FusedBatchNormV3` does each in one pass over the activations, in bfloat16 with
+    the statistics accumulated in float32. On the 2-core build machine this makes the lab's
+    base-16 U-Net with batch norm train faster in float32 and much faster in bfloat16
+    (`benchmarks/bench_training.py`). Inference, masks, renormalisation, synchronised statistics,
+    inputs that are not (batch, height, width, channels) and other Keras backends use Keras's
+    own code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if (
+            not (training and self.trainable)
+            or mask is not None
+            or self.renorm
+            or self.synchronized
+            or keras.config.backend() != "tensorflow"
+            or len(inputs.shape) != 4
+            or self.axis not in (-1, 3)
+        ):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        channels = inputs.shape[-1]
+        scale = self.gamma if self.scale else tf.ones([channels])
+        offset = self.beta if self.center else tf.zeros([channels])
+        outputs, mean, sample_variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=tf.cast(scale, "float32"), offset=tf.cast(offset, "float32"),
+            mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=self.epsilon,
+            data_format="NHWC", is_training=True,
+        )
+        # The kernel returns the unbiased (n - 1) variance; Keras averages the biased one.
+        count = tf.cast(tf.size(inputs) // channels, "float32")
+        variance = sample_variance * (count - 1.0) / count
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(
+            self.moving_variance * self.momentum + variance * (1.0 - self.momentum)
+        )
+        return tf.cast(outputs, self.compute_dtype)
 
 
 def simple_unet(input_shape=(128, 128, 1)):
@@ -94,7 +145,7 @@ def unet(
 
     Level `l` (0 at full resolution, `depth` at the bottleneck) has `base_filters * 2**l`
     filters. Each level is a block of `convs_per_level` times
-    `Conv2D 3x3 (same) -> BatchNormalization (if batch_norm) -> ReLU`; the convolution has no
+    `Conv2D 3x3 (same) -> FusedBatchNormalization (if batch_norm) -> ReLU`; the convolution has no
     bias when batch normalisation follows, because the normalisation's own offset (beta) makes
     a bias redundant. The encoder has `depth` blocks each followed by a 2x2 max-pool, then the
     bottleneck block; each decoder level upsamples by 2, halves the filters, concatenates the
@@ -146,7 +197,7 @@ def unet(
                 filters, 3, padding="same", use_bias=not batch_norm, name=f"{prefix}_conv_{index}"
             )(x)
             if batch_norm:
-                x = layers.BatchNormalization(
+                x = FusedBatchNormalization(
                     momentum=batch_norm_momentum, name=f"{prefix}_bn_{index}"
                 )(x)
             x = layers.Activation("relu", name=f"{prefix}_relu_{index}")(x)

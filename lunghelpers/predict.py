@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from lunghelpers import data
+from lunghelpers import data, models  # noqa: F401  (models: registers FusedBatchNormalization)
 from lunghelpers._quiet import progress_bar as tqdm
 
 MASKS_FOLDER = "masks"

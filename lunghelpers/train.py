@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from lunghelpers import models  # noqa: F401  (registers FusedBatchNormalization for load_model)
+
 
 PRECISION_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")

@@ -137,17 +137,80 @@ def test_unet_layers_follow_the_options():
 
     plain = models.unet((32, 32, 1), depth=2, upsampling="bilinear")
     plain_types = [type(layer).__name__ for layer in plain.layers]
-    assert "SpatialDropout2D" not in plain_types and "BatchNormalization" not in plain_types
+    assert "SpatialDropout2D" not in plain_types
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in plain.layers)
     assert plain_types.count("UpSampling2D") == 2
     assert plain.get_layer("down_0_conv_1").use_bias is True
 
 
 def test_unet_batch_norm_momentum_reaches_every_normalisation_layer():
     def momenta(model):
-        return {layer.momentum for layer in model.layers if type(layer).__name__ == "BatchNormalization"}
+        return {layer.momentum for layer in model.layers if isinstance(layer, models.FusedBatchNormalization)}
 
     assert momenta(models.unet((32, 32, 1), depth=2, batch_norm=True)) == {0.99}
     assert momenta(models.unet((32, 32, 1), depth=2, batch_norm=True, batch_norm_momentum=0.9)) == {0.9}
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow", reason="the fused kernel is TensorFlow's")
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_fused_batch_norm_trains_like_keras_batch_norm(policy, tolerance):
+    """Outputs, input and weight gradients and the moving averages match Keras's own layer."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 8, 8, 6)).astype("float32"))
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        fused = models.FusedBatchNormalization(momentum=0.9)
+        plain = keras.layers.BatchNormalization(momentum=0.9)
+        for layer in (fused, plain):
+            layer.build(x.shape)
+        fused.gamma.assign(rng.normal(1.0, 0.2, 6).astype("float32"))
+        fused.beta.assign(rng.normal(0.0, 0.2, 6).astype("float32"))
+        plain.set_weights(fused.get_weights())
+        results = []
+        for layer in (fused, plain):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = tf.cast(layer(tf.cast(x, layer.compute_dtype), training=True), "float32")
+                loss = tf.reduce_sum(y**2 * tf.range(6, dtype="float32"))
+            results.append((y, *tape.gradient(loss, [x, layer.gamma, layer.beta]),
+                            layer.moving_mean.numpy(), layer.moving_variance.numpy()))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert fused.compute_dtype == ("bfloat16" if policy == "mixed_bfloat16" else "float32")
+    for mine, theirs in zip(*results):
+        scale = max(1.0, float(np.abs(np.asarray(theirs)).max()))
+        np.testing.assert_allclose(np.asarray(mine), np.asarray(theirs), atol=tolerance * scale)
+    # The moving variance moved towards the biased batch variance (9 here), not the unbiased one.
+    assert np.abs(fused.moving_variance.numpy() - plain.moving_variance.numpy()).max() < 1e-4
+
+
+def test_fused_batch_norm_uses_keras_code_outside_training():
+    x = np.random.default_rng(1).normal(size=(2, 4, 4, 3)).astype("float32")
+    fused = models.FusedBatchNormalization()
+    plain = keras.layers.BatchNormalization()
+    fused.build(x.shape)
+    plain.build(x.shape)
+    fused.moving_mean.assign([1.0, -1.0, 0.5])
+    plain.set_weights(fused.get_weights())
+    np.testing.assert_allclose(fused(x, training=False), plain(x, training=False), atol=1e-6)
+    # Not (batch, height, width, channels): Keras's own training step.
+    sequence = x[:, :, 0]
+    np.testing.assert_allclose(models.FusedBatchNormalization()(sequence, training=True),
+                               keras.layers.BatchNormalization()(sequence, training=True), atol=1e-5)
+
+
+def test_unet_with_batch_norm_saves_and_loads_in_safe_mode(tmp_path):
+    model = models.unet((32, 32, 1), depth=2, batch_norm=True, batch_norm_momentum=0.9)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    model.fit(images((32, 32, 1)), np.ones((2, 32, 32, 1), "float32"), epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False, safe_mode=True)
+    assert isinstance(loaded.get_layer("down_0_bn_1"), models.FusedBatchNormalization)
+    assert loaded.get_layer("down_0_bn_1").momentum == 0.9
+    np.testing.assert_allclose(loaded.predict(images((32, 32, 1)), verbose=0),
+                               model.predict(images((32, 32, 1)), verbose=0), atol=1e-6)
 
 
 @pytest.mark.parametrize(
