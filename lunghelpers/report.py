@@ -658,7 +658,8 @@ def _dice(run: dict) -> pd.Series:
 def comparisons(results: list, files: dict) -> list:
     """Each run's per-image Dice against the first run scored on the same images, as judgement words it.
 
-    Runs on other images (another dataset or data folder, another split or seed, noise on the
+    ``judgement.compare_settings`` reads each pair: a run that has not learned to find the lungs
+    (a quick run, say) answers nothing, whatever the difference. Runs on other images (another dataset or data folder, another split or seed, noise on the
     validation images) are never compared: their difference would mix the models with the images.
     """
     from lunghelpers import judgement
@@ -673,8 +674,9 @@ def comparisons(results: list, files: dict) -> list:
         if key not in first:
             first[key] = result.spec.name
             continue
-        sentences.append(judgement.compare_runs(result.spec.name, _dice(run), first[key], _dice(files[first[key]]),
-                                                metric="dice", split=key[0]))
+        name, other = result.spec.name, first[key]
+        sentences.append(judgement.compare_settings(f"{name} or {other}?", name, _dice(run), other,
+                                                    _dice(files[other]), metric="dice", split=key[0]))
     return sentences
 
 

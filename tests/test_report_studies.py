@@ -62,6 +62,15 @@ def test_runs_are_compared_only_with_the_first_run_scored_on_the_same_images(tmp
         ("ct-b", "ct-a"), ("ct-noisy-b", "ct-noisy-a"), ("xray-b", "xray-a")]
 
 
+def test_a_run_that_has_not_learned_is_not_called_better_or_worse(tmp_path):
+    ct = {"dataset": "ct", "seed": 1}
+    results = [made_up(tmp_path, "ct-a", ct, 0.9), made_up(tmp_path, "ct-quick", ct, 0.2),
+               made_up(tmp_path, "ct-b", ct, [0.95, 0.97] * 6)]
+    quick, learned = report.comparisons(results, files_of(results))
+    assert "ct-quick has **not learned to find the lungs yet**" in quick and "better" not in quick
+    assert "**ct-b is better than ct-a** beyond the noise" in learned
+
+
 @pytest.mark.parametrize("a, b, same", [
     ({"val_noise_fraction": 0.0, "noise_sigma": 0.2}, {}, True),  # no noise: its sigma is nothing
     ({"val_noise_fraction": 0.5}, {"val_noise_fraction": 0.5, "noise_sigma": 0.2}, False),
