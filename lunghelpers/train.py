@@ -47,7 +47,7 @@ def set_precision(mixed_precision=False):
     """Set Keras's global dtype policy and return its name.
 
     Mixed precision computes layers in 16-bit floats while keeping the weights in float32; on a
-    CPU with bf16 support ``mixed_bfloat16`` trains 1.7-3x faster (``benchmarks/bench_training.py``).
+    CPU with bf16 support ``mixed_bfloat16`` trains 1.5-2x faster (``benchmarks/bench_training.py``).
     The models of ``lunghelpers.models`` keep their final activation in float32, so probabilities
     and losses stay accurate.
     Call this *before* building the model: a layer takes the policy that is global when it is
