@@ -20,6 +20,15 @@ set-up, in an order that rotates from round to round, so that the machine's drif
 alike. It prints, per set-up, the median images/s with the min-max over rounds, and the median of
 the per-round ratios to the source (each round's ratio compares set-ups timed seconds apart).
 
+It also prints images per CPU-second (the process's user + system time) and the cores kept busy
+(CPU time over wall time). On the 2-core build machine, a virtual machine, the host takes one of
+the two cores away for seconds at a time: a round then takes twice the wall time for the same CPU
+time (cores busy near 1 instead of near 2), so wall-clock medians sit on that floor while the CPU
+time per image stays put. Read the wall-clock ratio when cores busy is alike across set-ups; the
+CPU-time ratio is the steadier measure of work, but does not see a pipeline that leaves cores idle
+(cores busy shows that). The header names the CPU and whether it has what makes bfloat16 fast
+(``train.bfloat16_is_fast``: AMX or a GPU); with AVX512-BF16 alone, bfloat16 is slower than float32.
+
 ``--accuracy-epochs N`` also trains the CT preset's kit pipeline for N epochs in float32 and in
 bfloat16 from the same seed and prints both validation Dice figures (bfloat16 should be within
 0.01). Usage::
@@ -31,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import time
+from pathlib import Path
 
 from lunghelpers import augment, data, losses, metrics, models, synthetic, train  # noqa: E402  (quiet TF first)
 
@@ -88,28 +99,52 @@ def build(preset, setup, images, masks):
     return model, dataset
 
 
+def machine():
+    """The CPU, and whether it has what makes bfloat16 fast (``train.bfloat16_is_fast``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if line.startswith("model name")]
+    fast = "AMX or a GPU: bfloat16 is fast" if train.bfloat16_is_fast() else "no AMX, no GPU: bfloat16 is not faster"
+    return f"{names[0] if names else platform.processor() or 'unknown CPU'} ({fast})"
+
+
 def benchmark(name, rounds, steps):
     preset = PRESETS[name]
     images, masks = load(preset["size"])
     built = {setup: build(preset, setup, images, masks) for setup in SETUPS}
     for model, dataset in built.values():  # warm-up: trace the graphs
         model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-    speeds = {setup: [] for setup in SETUPS}
+    walls = {setup: [] for setup in SETUPS}
+    cpus = {setup: [] for setup in SETUPS}
     for round_index in range(rounds):
         order = SETUPS[round_index % 3:] + SETUPS[:round_index % 3]
         for setup in order:
             model, dataset = built[setup]
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
-            speeds[setup].append(steps * preset["batch"] / (time.perf_counter() - start))
+            walls[setup].append(time.perf_counter() - start)
+            cpus[setup].append(cpu_seconds() - start_cpu)
+    images = steps * preset["batch"]
     print(f"\n{name}: {preset['size']} px, batch {preset['batch']}, {steps} steps a round, {rounds} rounds, "
-          f"{os.cpu_count()} CPU threads")
-    print("| set-up | images/s, median [min-max] | vs source, median of per-round ratios [min-max] |")
-    print("| --- | --- | --- |")
+          f"{os.cpu_count()} CPU threads, {machine()}")
+    print("| set-up | images/s, median [min-max] | vs source, median of per-round ratios [min-max] "
+          "| images per CPU-second | vs source | cores busy |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for setup in SETUPS:
-        ratios = [mine / source for mine, source in zip(speeds[setup], speeds["source"])]
-        print(f"| {setup} | {statistics.median(speeds[setup]):.2f} [{min(speeds[setup]):.2f}-{max(speeds[setup]):.2f}] "
-              f"| {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] |", flush=True)
+        cells = []
+        for times in (walls, cpus):
+            speed = [images / seconds for seconds in times[setup]]
+            ratios = [source / mine for mine, source in zip(times[setup], times["source"])]
+            cells += [f"{statistics.median(speed):.2f} [{min(speed):.2f}-{max(speed):.2f}]",
+                      f"{statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"]
+        busy = statistics.median(cpu / wall for cpu, wall in zip(cpus[setup], walls[setup]))
+        print(f"| {setup} | {' | '.join(cells)} | {busy:.2f} |", flush=True)
+
+
+def cpu_seconds():
+    """User plus system CPU time of this process and its threads, in seconds."""
+    times = os.times()
+    return times.user + times.system
 
 
 def accuracy(epochs):

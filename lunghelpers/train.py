@@ -43,34 +43,69 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 DEFAULT_LEARNING_RATE = 1e-3
 
 
+def bfloat16_is_fast(cpu_flags=None, gpus=None) -> bool:
+    """Whether this machine computes ``mixed_bfloat16`` faster than float32.
+
+    True with a GPU, or on a CPU with AMX tiles (``amx_bf16`` in ``/proc/cpuinfo``: oneDNN then
+    multiplies bfloat16 matrices in them). A CPU with AVX512-BF16 alone is not enough: its
+    bfloat16 dot products do no more multiply-adds a cycle than its two float32 FMA units, and
+    the conversions come on top, so there training in bfloat16 is slower (measured with
+    ``benchmarks/bench_training.py``).
+
+    Args:
+        cpu_flags: the CPU's feature flags; ``None`` reads them from ``/proc/cpuinfo`` (none
+            where there is no such file).
+        gpus: the GPUs TensorFlow sees; ``None`` asks TensorFlow.
+    """
+    if gpus is None:
+        gpus = tf.config.list_physical_devices("GPU")
+    if cpu_flags is None:
+        cpuinfo = Path("/proc/cpuinfo")
+        text = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
+        cpu_flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+    return bool(gpus) or "amx_bf16" in cpu_flags
+
+
+def precision_policy(mixed_precision=False) -> str:
+    """The name of the Keras dtype policy that ``MIXED_PRECISION`` stands for on this machine.
+
+    Args:
+        mixed_precision: ``False``, ``None`` or ``"float32"`` for full precision; ``True`` or
+            ``"mixed_bfloat16"`` for bfloat16; ``"mixed_float16"`` for float16 (GPUs);
+            ``"auto"`` for bfloat16 where :func:`bfloat16_is_fast`, float32 elsewhere.
+    """
+    if mixed_precision is None or mixed_precision is False:
+        return "float32"
+    if mixed_precision is True:
+        return "mixed_bfloat16"
+    if mixed_precision == "auto":
+        return "mixed_bfloat16" if bfloat16_is_fast() else "float32"
+    if mixed_precision in PRECISION_POLICIES:
+        return mixed_precision
+    raise ValueError(
+        f"mixed_precision must be True, False, 'auto' or one of {PRECISION_POLICIES}, "
+        f"got {mixed_precision!r}."
+    )
+
+
 def set_precision(mixed_precision=False):
     """Set Keras's global dtype policy and return its name.
 
-    Mixed precision computes layers in 16-bit floats while keeping the weights in float32; on a
-    CPU with bf16 support ``mixed_bfloat16`` trains 1.5-2x faster (``benchmarks/bench_training.py``).
-    The models of ``lunghelpers.models`` keep their final activation in float32, so probabilities
-    and losses stay accurate.
+    Mixed precision computes layers in 16-bit floats while keeping the weights in float32. Whether
+    that is faster depends on the hardware: ``mixed_bfloat16`` trains about twice as fast on a GPU
+    or a CPU with AMX, and slower on a CPU with AVX512-BF16 alone (see :func:`bfloat16_is_fast`;
+    ``"auto"`` chooses by it). The models of ``lunghelpers.models`` keep their final activation in
+    float32, so probabilities and losses stay accurate.
     Call this *before* building the model: a layer takes the policy that is global when it is
     created. Leave it off (the default) when reproducing the source's numbers.
 
     Args:
-        mixed_precision: ``False``, ``None`` or ``"float32"`` for full precision; ``True`` or
-            ``"mixed_bfloat16"`` for bfloat16; ``"mixed_float16"`` for float16 (GPUs).
+        mixed_precision: as for :func:`precision_policy`.
 
     Returns:
         The name of the policy now in force.
     """
-    if mixed_precision is None or mixed_precision is False:
-        policy = "float32"
-    elif mixed_precision is True:
-        policy = "mixed_bfloat16"
-    elif mixed_precision in PRECISION_POLICIES:
-        policy = mixed_precision
-    else:
-        raise ValueError(
-            f"mixed_precision must be True, False or one of {PRECISION_POLICIES}, "
-            f"got {mixed_precision!r}."
-        )
+    policy = precision_policy(mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     return policy
 
@@ -336,6 +371,7 @@ def open_run(run_dir, params, name_parameter="NAME"):
     """
     run = RunFolder(Path(run_dir).expanduser().resolve())
     params = _plain(dict(params or {}))
+    policy = precision_policy(params.get("mixed_precision"))  # refuses a bad value before any file is written
     if run.path.exists() and not run.path.is_dir():
         raise NotADirectoryError(f"Run folder {run.path} is a file, not a folder.")
     if run.path.is_dir():
@@ -351,7 +387,7 @@ def open_run(run_dir, params, name_parameter="NAME"):
             "run": run.name,
             "created_at": datetime.datetime.now().isoformat(timespec="seconds"),
             "params": params,
-            "precision_policy": keras.mixed_precision.global_policy().name,
+            "precision_policy": policy,
             "environment": environment(),
         })
         return run

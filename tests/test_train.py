@@ -5,6 +5,7 @@ papermill runs in ``test_notebooks.py``; here each piece is tested on a tiny U-N
 """
 
 import json
+from pathlib import Path
 import cv2
 import keras
 import numpy as np
@@ -45,7 +46,7 @@ def tiny_model(seed=0):
     return models.unet((32, 32, 1), base_filters=4, depth=2)
 
 
-def test_set_precision_sets_and_names_the_policy(tmp_path):
+def test_set_precision_sets_and_names_the_policy():
     try:
         assert train.set_precision(True) == "mixed_bfloat16"
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
@@ -55,11 +56,49 @@ def test_set_precision_sets_and_names_the_policy(tmp_path):
         assert keras.mixed_precision.global_policy().name == "float32"
         with pytest.raises(ValueError, match="mixed_precision"):
             train.set_precision("half")
-        train.set_precision(True)
-        run = train.open_run(tmp_path / "run", {})
-        assert train.read_json(run.params_path)["precision_policy"] == "mixed_bfloat16"
     finally:
         train.set_precision(False)
+
+
+@pytest.mark.parametrize("flags, gpus, fast", [
+    ({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}, [], True),  # AMX: bfloat16 matrix tiles
+    ({"avx512f", "avx512_bf16"}, [], False),  # AVX512-BF16 alone: no faster than float32 FMA
+    (set(), ["GPU:0"], True),  # any GPU
+    (set(), [], False),
+])
+def test_bfloat16_is_fast_with_amx_or_a_gpu_only(flags, gpus, fast):
+    assert train.bfloat16_is_fast(cpu_flags=flags, gpus=gpus) is fast
+
+
+@pytest.mark.parametrize("fast, policy", [(True, "mixed_bfloat16"), (False, "float32")])
+def test_auto_precision_follows_the_hardware(monkeypatch, fast, policy):
+    monkeypatch.setattr(train, "bfloat16_is_fast", lambda: fast)
+    assert train.precision_policy("auto") == policy
+
+
+def test_this_machines_cpu_flags_are_read():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    amx = "amx_bf16" in cpuinfo.read_text()
+    assert train.bfloat16_is_fast(gpus=[]) is amx
+
+
+def test_params_json_records_the_policy_the_run_asks_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "bfloat16_is_fast", lambda: False)
+    cases = {"bf16": True, "auto": "auto", "default": None}
+    for name, value in cases.items():
+        params = {} if value is None else {"mixed_precision": value}
+        run = train.open_run(tmp_path / name, params)
+        recorded = train.read_json(run.params_path)["precision_policy"]
+        assert recorded == {"bf16": "mixed_bfloat16", "auto": "float32", "default": "float32"}[name]
+    assert keras.mixed_precision.global_policy().name == "float32"  # recording sets nothing
+
+
+def test_a_bad_precision_is_refused_before_the_run_folder_exists(tmp_path):
+    with pytest.raises(ValueError, match="mixed_precision must be .*'auto'.*got 'half'"):
+        train.open_run(tmp_path / "run", {"mixed_precision": "half"})
+    assert not (tmp_path / "run").exists()
 
 
 def test_atomic_writes_leave_only_the_target_files(tmp_path):
