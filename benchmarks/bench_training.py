@@ -21,13 +21,13 @@ alike. It prints, per set-up, the median images/s with the min-max over rounds, 
 the per-round ratios to the source (each round's ratio compares set-ups timed seconds apart).
 
 It also prints images per CPU-second (the process's user + system time) and the cores kept busy
-(CPU time over wall time). On the 2-core build machine, a virtual machine, the host takes one of
-the two cores away for seconds at a time: a round then takes twice the wall time for the same CPU
-time (cores busy near 1 instead of near 2), so wall-clock medians sit on that floor while the CPU
-time per image stays put. Read the wall-clock ratio when cores busy is alike across set-ups; the
-CPU-time ratio is the steadier measure of work, but does not see a pipeline that leaves cores idle
-(cores busy shows that). The header names the CPU and whether it has what makes bfloat16 fast
-(``train.bfloat16_is_fast``: AMX or a GPU); with AVX512-BF16 alone, bfloat16 is slower than float32.
+(CPU time over wall time). The 2-core build machine is a virtual machine whose host takes CPU time
+away for seconds at a time: whole rounds then run at half the speed or less (many wall-clock
+figures sit on that floor), while the CPU time the same work costs moves much less. So the
+CPU-time ratio is the steadier measure of the work each set-up does; the wall-clock ratio still
+matters, because CPU time cannot see a pipeline that leaves a core idle (cores busy shows that).
+The header names the CPU and whether it has what makes bfloat16 fast (``train.bfloat16_is_fast``:
+AMX or a GPU); with AVX512-BF16 alone, bfloat16 is slower than float32.
 
 ``--accuracy-epochs N`` also trains the CT preset's kit pipeline for N epochs in float32 and in
 bfloat16 from the same seed and prints both validation Dice figures (bfloat16 should be within
