@@ -507,10 +507,11 @@ def _run_files(result: RunResult) -> dict:
     """What a run wrote: its params, metrics, history and per-image table."""
     from lunghelpers import train
 
-    params = read_json(result.run_dir / "params.json").get("params", {})
+    record = read_json(result.run_dir / "params.json")
     history = train.read_history(train.RunFolder(result.run_dir)) if (result.run_dir / "history.csv").exists() else None
     return {
-        "params": params,
+        "params": record.get("params", {}),
+        "precision_policy": record.get("precision_policy"),
         "metrics": read_json(result.run_dir / "metrics.json"),
         "history": history,
         "per_image": _read_csv(result.run_dir / "per_image.csv"),
@@ -597,8 +598,14 @@ def summary_table(results: list) -> pd.DataFrame:
 
 
 def parameter_tables(results: list, files: dict) -> tuple[pd.DataFrame, dict]:
-    """The parameters that differ between runs (a table) and those they share (a dict)."""
-    recorded = {result.spec.name: files[result.spec.name]["params"] for result in results}
+    """The parameters that differ between runs (a table) and those they share (a dict).
+
+    Beside the parameters, ``PRECISION_POLICY``: the Keras dtype policy each run trained with, which
+    ``MIXED_PRECISION = "auto"`` leaves to the machine.
+    """
+    recorded = {result.spec.name: {**files[result.spec.name]["params"],
+                                   "precision_policy": files[result.spec.name]["precision_policy"]}
+                for result in results}
     names = sorted({key for params in recorded.values() for key in params} - {"name", "run_dir", "data_dir"})
     shared, differing = {}, []
     for key in names:

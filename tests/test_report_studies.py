@@ -11,6 +11,7 @@ test here trains; one scores a hand-weighted model on a few embedded X-rays.
 - Sweeps over ``SEED`` only share one figure per dataset: one point per run group with its spread
   over the seeds, and ``judgement.compare_settings`` between groups scored on the same images.
 - A training-set size sweep is read with the dataset's word for its images (slices, X-rays).
+- The parameter tables name the precision policy each run got (``MIXED_PRECISION = "auto"``).
 """
 
 import re
@@ -201,3 +202,19 @@ def test_an_experiment_file_giving_notebook_06_a_multi_class_run_is_refused(tmp_
                                              "notebooks: [05_training.ipynb], parameters: {MASK_MODE: labels}"))
     _, runs = report.load_experiments(path)
     assert [run.notebooks for run in runs] == [["05_training.ipynb", "06_evaluation_iou.ipynb"], ["05_training.ipynb"]]
+
+
+# --- parameters -----------------------------------------------------------------------------------
+
+
+def test_the_parameter_tables_name_the_precision_each_run_got(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "bfloat16_is_fast", lambda: False)
+    results = [made_up(tmp_path, "plain", {"mixed_precision": False}, 0.9),
+               made_up(tmp_path, "auto", {"mixed_precision": "auto"}, 0.9),
+               made_up(tmp_path, "bf16", {"mixed_precision": True}, 0.9)]
+    table, shared = report.parameter_tables(results, files_of(results))
+    assert table["MIXED_PRECISION"].to_dict() == {"plain": "false", "auto": '"auto"', "bf16": "true"}
+    assert table["PRECISION_POLICY"].to_dict() == {"plain": '"float32"', "auto": '"float32"', "bf16": '"mixed_bfloat16"'}
+    same = results[:2]
+    table, shared = report.parameter_tables(same, files_of(same))
+    assert shared["PRECISION_POLICY"] == '"float32"' and "PRECISION_POLICY" not in table
