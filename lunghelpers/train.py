@@ -60,10 +60,15 @@ def bfloat16_is_fast(cpu_flags=None, gpus=None) -> bool:
     if gpus is None:
         gpus = tf.config.list_physical_devices("GPU")
     if cpu_flags is None:
-        cpuinfo = Path("/proc/cpuinfo")
-        text = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
-        cpu_flags = {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split()}
+        cpu_flags = read_cpu_flags()
     return bool(gpus) or "amx_bf16" in cpu_flags
+
+
+def read_cpu_flags() -> set:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``, ...); empty elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text(errors="replace") if cpuinfo.exists() else ""
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
 def precision_policy(mixed_precision=False) -> str:
