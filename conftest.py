@@ -6,6 +6,10 @@
   them at their real settings under pytest.
 - Run and report folders go to a fresh temporary folder, so tests never touch ``runs/`` or
   ``reports/`` and can run again and again. The notebook kernels inherit these variables.
+- Under pytest-xdist (``./kit.sh test`` runs two workers) each worker gets its own folders: notebooks
+  05, 06 and 07 share a run folder (06 and 07 train it when it is missing), and two workers must not
+  train the same folder at once. Workers inherit the first process's environment, so the variables
+  are set anew in each worker.
 """
 
 import os
@@ -13,5 +17,6 @@ import tempfile
 
 os.environ.setdefault("LUNGHELPERS_QUICK", "1")
 _scratch = tempfile.mkdtemp(prefix="lunghelpers-tests-")
-os.environ.setdefault("LUNGHELPERS_RUNS", os.path.join(_scratch, "runs"))
-os.environ.setdefault("LUNGHELPERS_REPORTS", os.path.join(_scratch, "reports"))
+_set = os.environ.__setitem__ if os.environ.get("PYTEST_XDIST_WORKER") else os.environ.setdefault
+_set("LUNGHELPERS_RUNS", os.path.join(_scratch, "runs"))
+_set("LUNGHELPERS_REPORTS", os.path.join(_scratch, "reports"))

@@ -4,7 +4,8 @@
 #   ./kit.sh report [EXPERIMENT.yaml ...] [--scale quick|full] [--data-root DIR]
 #       set up .venv, then write a report (default: the CT assignment, quick scale, embedded data)
 #   ./kit.sh test [PYTEST ARGS ...]
-#       set up .venv, then run the whole test suite: unit tests and every notebook (pytest --nbval)
+#       set up .venv, then run the whole test suite: unit tests and every notebook (pytest --nbval),
+#       in two worker processes (pytest-xdist)
 #   ./kit.sh student OUT_DIR [--overwrite]
 #       write the student edition of every lesson (no cells tagged answer, no outputs) into OUT_DIR
 #   ./kit.sh setup
@@ -48,7 +49,9 @@ case $command in
         ;;
     test)
         setup
-        exec "$VENV/bin/python" -m pytest --nbval tests notebooks "$@"
+        # Two workers, each taking whole files (a notebook's cells run in order in one kernel);
+        # `-n 0` after the command runs everything in one process.
+        exec "$VENV/bin/python" -m pytest --nbval -n 2 --dist loadfile tests notebooks "$@"
         ;;
     student)
         setup
