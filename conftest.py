@@ -17,6 +17,6 @@ import tempfile
 
 os.environ.setdefault("LUNGHELPERS_QUICK", "1")
 _scratch = tempfile.mkdtemp(prefix="lunghelpers-tests-")
-_set = os.environ.__setitem__ if os.environ.get("PYTEST_XDIST_WORKER") else os.environ.setdefault
-_set("LUNGHELPERS_RUNS", os.path.join(_scratch, "runs"))
-_set("LUNGHELPERS_REPORTS", os.path.join(_scratch, "reports"))
+for _name, _folder in (("LUNGHELPERS_RUNS", "runs"), ("LUNGHELPERS_REPORTS", "reports")):
+    if os.environ.get("PYTEST_XDIST_WORKER") or _name not in os.environ:
+        os.environ[_name] = os.path.join(_scratch, _folder)
