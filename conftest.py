@@ -10,9 +10,12 @@
   05, 06 and 07 share a run folder (06 and 07 train it when it is missing), and two workers must not
   train the same folder at once. Workers inherit the first process's environment, so the variables
   are set anew in each worker.
+- Each process removes its scratch folder when the session ends (a session's runs take a few hundred
+  MB); run with ``LUNGHELPERS_RUNS`` set to keep the runs of a one-process session for a look.
 """
 
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("LUNGHELPERS_QUICK", "1")
@@ -20,3 +23,7 @@ _scratch = tempfile.mkdtemp(prefix="lunghelpers-tests-")
 for _name, _folder in (("LUNGHELPERS_RUNS", "runs"), ("LUNGHELPERS_REPORTS", "reports")):
     if os.environ.get("PYTEST_XDIST_WORKER") or _name not in os.environ:
         os.environ[_name] = os.path.join(_scratch, _folder)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_scratch, ignore_errors=True)
