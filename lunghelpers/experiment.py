@@ -61,6 +61,7 @@ RANGES = {
     "weight_decay": ((int, float), lambda v: v >= 0, lambda v: v < 1, True, "a number in [0, 1)"),
     "momentum": ((int, float), lambda v: v >= 0, lambda v: v < 1, True, "a number in [0, 1)"),
     "clipnorm": ((int, float), lambda v: v > 0, _ANY, True, "a positive number"),
+    "ema_momentum": ((int, float), lambda v: v > 0, lambda v: v < 1, True, "a number in (0, 1)"),
     "dropout_rate": ((int, float), lambda v: v >= 0, lambda v: v < 1, False, "a fraction in [0, 1)"),
     "batch_norm_momentum": ((int, float), lambda v: v > 0, lambda v: v < 1, False, "a number in (0, 1)"),
     "train_noise_fraction": ((int, float), lambda v: v >= 0, lambda v: v <= 1, False, "a fraction in [0, 1]"),
@@ -142,6 +143,7 @@ class ExperimentConfig:
     weight_decay: float | None = _default("weight_decay")
     momentum: float | None = _default("momentum")
     clipnorm: float | None = _default("clipnorm")
+    ema_momentum: float | None = _default("ema_momentum")
     schedule: str = _default("schedule")
     batch_size: int = _default("batch_size")
     epochs: int = _default("epochs")

@@ -475,7 +475,7 @@ def read_history(run):
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 def make_optimizer(name="adam", learning_rate=DEFAULT_LEARNING_RATE, weight_decay=None,
-                   momentum=None, clipnorm=None):
+                   momentum=None, clipnorm=None, ema_momentum=None):
     """Build a Keras optimizer by name.
 
     - ``"adam"``: the CT assignment and the lab (default rate 1e-3, lab 1e-4);
@@ -483,10 +483,16 @@ def make_optimizer(name="adam", learning_rate=DEFAULT_LEARNING_RATE, weight_deca
       ``w <- w - learning_rate * weight_decay * w``) and ``clipnorm`` (each gradient rescaled
       so its L2 norm is at most ``clipnorm``);
     - ``"sgd"``: plain (momentum) gradient descent for comparison.
+
+    ``ema_momentum`` (any of them) also keeps an exponential moving average of the weights, updated
+    after every step (Keras's ``use_ema``: ``average <- m * average + (1 - m) * weights``);
+    ``keras.callbacks.SwapEMAWeights`` puts it in the model for validation and checkpoints.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}.")
     options = {"learning_rate": learning_rate, "weight_decay": weight_decay, "clipnorm": clipnorm}
+    if ema_momentum is not None:
+        options.update(use_ema=True, ema_momentum=ema_momentum)
     if name == "adam":
         if momentum is not None:
             raise ValueError("momentum is not a parameter of Adam; use 'rmsprop' or 'sgd'.")

@@ -35,6 +35,7 @@ CONFIG_CASES = [
     ({"learning_rate": float("inf")}, "learning_rate"),
     ({"weight_decay": -1}, "weight_decay"),
     ({"clipnorm": 0}, "clipnorm"),
+    ({"ema_momentum": 1.0}, "ema_momentum"),
     ({"epochs": None}, "epochs"),
 ]
 

@@ -57,7 +57,7 @@ def test_load_config_rebuilds_the_recorded_configuration(tmp_path):
     ("epochs", 0), ("epochs", 2.5), ("epochs", "3"), ("batch_size", 0), ("steps_per_epoch", -1),
     ("steps_per_epoch", 0), ("seed", -1), ("limit", 0), ("train_size", 0), ("base_filters", 0),
     ("depth", 9), ("learning_rate", float("nan")), ("learning_rate", 0), ("learning_rate", -1e-3),
-    ("learning_rate", 2.0), ("weight_decay", -1), ("momentum", 1.0), ("clipnorm", 0), ("dropout_rate", 1.0),
+    ("learning_rate", 2.0), ("weight_decay", -1), ("momentum", 1.0), ("clipnorm", 0), ("ema_momentum", 1), ("dropout_rate", 1.0),
     ("batch_norm_momentum", 0), ("train_noise_fraction", 1.5), ("val_noise_fraction", -0.1),
     ("noise_sigma", 0), ("threshold", 0), ("threshold", 1), ("epochs", True),
 ])

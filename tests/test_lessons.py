@@ -160,6 +160,14 @@ def test_training_lesson_compiles_and_fits_in_its_cells():
     assert not missing, f"05_training.ipynb: no .{'(, .'.join(sorted(missing))}( call in its code cells"
 
 
+def test_training_lesson_swaps_in_the_weight_average_before_the_checkpoint_saves():
+    """``SwapEMAWeights`` must come before ``ModelCheckpoint`` in 05's callbacks, or an
+    ``EMA_MOMENTUM`` run would keep the raw weights while its figures are the average's
+    (``test_train`` shows what goes wrong otherwise)."""
+    cell = next(cell.source for cell in code_cells(lesson("05_training.ipynb")) if "callbacks = [" in cell.source)
+    assert 0 <= cell.find("SwapEMAWeights") < cell.find("ModelCheckpoint"), cell
+
+
 def test_unet_lesson_builds_the_unet_from_keras_layers():
     calls = set().union(*(called_names(tree) for tree in trees("03_unet.ipynb")))
     missing = {"Conv2D", "MaxPool2D", "UpSampling2D", "Dropout", "concatenate"} - calls

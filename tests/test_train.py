@@ -122,16 +122,17 @@ def test_atomic_write_that_fails_keeps_the_old_file_and_no_temporary(tmp_path):
     assert [path.name for path in tmp_path.iterdir()] == ["metrics.json"]
 
 
-def fit_tiny(run, tiny_data, epochs, extra_callbacks=(), learning_rate=1e-3, seed=0):
+def fit_tiny(run, tiny_data, epochs, extra_callbacks=(), learning_rate=1e-3, seed=0, ema_momentum=None):
     """Train a tiny U-Net into ``run`` with the training notebook's callbacks; return the model."""
     train_data, validation_data = tiny_data
     model = tiny_model(seed)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy",
-                  metrics=metrics.training_metrics(1))
+    model.compile(optimizer=train.make_optimizer("adam", learning_rate, ema_momentum=ema_momentum),
+                  loss="binary_crossentropy", metrics=metrics.training_metrics(1))
     model.optimizer.build(model.trainable_variables)  # as notebook 05: fit traces its step once
     callbacks = [
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate),
         train.RunLog(run),
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema_momentum else []),
         train.AtomicModelCheckpoint(run.model_path, monitor="val_loss", save_best_only=True,
                                     initial_value_threshold=run.best_val_loss),
         keras.callbacks.CSVLogger(run.history_path, append=True),
@@ -334,6 +335,30 @@ def test_make_optimizer_builds_the_posters_rmsprop():
         train.make_optimizer("adam", momentum=0.9)
     with pytest.raises(ValueError, match="optimizer"):
         train.make_optimizer("adagrad")
+
+
+def test_make_optimizer_keeps_a_moving_average_of_the_weights_only_when_asked():
+    assert train.make_optimizer("adam", 1e-3).get_config()["use_ema"] is False
+    config = train.make_optimizer("sgd", 1e-2, ema_momentum=0.95).get_config()
+    assert (config["use_ema"], config["ema_momentum"]) == (True, 0.95)
+
+
+def test_the_kept_model_is_the_one_validated_with_or_without_a_weight_average(tmp_path, tiny_data):
+    """With ``EMA_MOMENTUM`` the epoch's validation figures are those of the averaged weights
+    (``SwapEMAWeights`` puts them in the model), so the checkpoint must save those weights: the
+    kept model, evaluated again, gives the validation loss logged for its epoch. (With the swap
+    after the checkpoint, the averaged weights would be validated and the raw ones saved.)"""
+    logged = {}
+    for ema_momentum in (None, 0.9):
+        run = train.open_run(tmp_path / str(ema_momentum), PARAMS)
+        fit_tiny(run, tiny_data, epochs=3, learning_rate=1e-2, ema_momentum=ema_momentum)
+        kept = keras.models.load_model(run.model_path, compile=False)
+        kept.compile(loss="binary_crossentropy")
+        logged[ema_momentum] = run.read_history()["val_loss"].to_numpy()
+        best = train.read_json(run.metrics_path)["best_epoch"]
+        assert kept.evaluate(*tiny_data[1], verbose=0) == pytest.approx(logged[ema_momentum][best - 1], rel=1e-4)
+    # Same seed, same steps: only the validated weights differ (the average lags behind).
+    assert not np.allclose(logged[None], logged[0.9], rtol=1e-3)
 
 
 def test_learning_really_happens(tmp_path):
