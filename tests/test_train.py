@@ -351,7 +351,7 @@ def test_the_kept_model_is_the_one_validated_with_or_without_a_weight_average(tm
     logged = {}
     for ema_momentum in (None, 0.9):
         run = train.open_run(tmp_path / str(ema_momentum), PARAMS)
-        fit_tiny(run, tiny_data, epochs=3, learning_rate=1e-2, ema_momentum=ema_momentum)
+        fit_tiny(run, tiny_data, epochs=2, learning_rate=1e-2, ema_momentum=ema_momentum)
         kept = keras.models.load_model(run.model_path, compile=False)
         kept.compile(loss="binary_crossentropy")
         logged[ema_momentum] = run.read_history()["val_loss"].to_numpy()
